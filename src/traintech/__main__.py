@@ -1,0 +1,5 @@
+"""Run the ``traintech`` command as ``python -m traintech``."""
+
+from traintech.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+"""The dropout family and Monte Carlo dropout."""
+
+__all__: list[str] = []

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+import torch
+
+from traintech.clip._norm import collect_grads, total_norm
+
+from _helpers import assert_close_to_f64
+
+
+def _reference_norm(grads, p):
+    flat = torch.cat([g.detach().double().flatten() for g in grads])
+    if math.isinf(p):
+        return flat.abs().max()
+    return flat.abs().pow(p).sum().pow(1.0 / p)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.5, math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_total_norm_matches_float64_reference(p, dtype, seed):
+    grads = [torch.randn(shape, generator=seed).to(dtype) for shape in [(7, 3), (11,), (2, 3, 4)]]
+    assert_close_to_f64(total_norm(grads, p), _reference_norm(grads, p), dtype=torch.float32)
+
+
+def test_fp16_gradients_do_not_overflow_the_norm():
+    grads = [torch.full((1000,), 60000.0, dtype=torch.float16)]
+    norm = total_norm(grads, 2.0)
+    assert torch.isfinite(norm)
+    assert_close_to_f64(norm, torch.tensor(60000.0 * math.sqrt(1000)), dtype=torch.float32)
+
+
+def test_collect_grads_skips_missing_and_rejects_non_tensors():
+    a = torch.zeros(3, requires_grad=True)
+    b = torch.zeros(2, requires_grad=True)
+    a.grad = torch.ones(3)
+    assert [g.shape for g in collect_grads(iter([a, b]))] == [torch.Size([3])]
+    assert len(collect_grads(a)) == 1
+    with pytest.raises(TypeError, match=r"parameters\[1\] is a str"):
+        collect_grads([a, "w"])
