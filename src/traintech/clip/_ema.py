@@ -38,8 +38,9 @@ class EMAClip(AdaptiveClipper):
     https://arxiv.org/abs/1412.6980): a weighted mean of the norms seen so far, exact from the
     first step. The threshold at step :math:`t` uses only the norms before :math:`t`, so a spike
     is judged against the history, not against itself. The EMA takes in the *clipped* norm, so
-    one spike raises the threshold by at most a factor :math:`1 + (1-\beta)(f-1)` (2% with the
-    defaults) while a lasting rise in the gradient scale is still followed. During the warm-up
+    one spike raises the threshold by at most a factor :math:`1 + (1-\beta)(f-1)/(1-\beta^{n+1})`
+    (about 2% with the defaults) while a lasting rise in the gradient scale is still followed
+    (the threshold can grow by that factor per step). During the warm-up
     nothing is clipped and the raw norms fill the average.
 
     This is the adaptive clipping of the training-techniques guide ("clip by norm" with a
