@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from traintech.norm._layer_norm import LayerNorm
 from traintech.norm._rms_norm import (
@@ -39,6 +40,7 @@ class _AddRMSNormFunction(torch.autograd.Function):
         return y.to(h.dtype).view(h.shape), h
 
     @staticmethod
+    @once_differentiable
     def backward(
         ctx: Any, gy: Tensor, gh: Tensor
     ) -> tuple[Tensor, Tensor, Tensor | None, None, None]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, stat_dtype
 
@@ -41,7 +42,7 @@ def rms_forward(h2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, 
     rstd = torch.rsqrt(norm.square_().div_(d).add_(eps))
     y = torch.mul(hs, rstd)
     if weight is not None:
-        y.mul_(weight.to(hs.dtype))
+        y.mul_(weight.reshape(-1).to(hs.dtype))
     return y, hs, rstd
 
 
@@ -78,6 +79,7 @@ class _RMSNormFunction(torch.autograd.Function):
         return y.to(x.dtype).view(x.shape)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         x, weight, rstd = ctx.saved_tensors
         hs = x.reshape(-1, ctx.d).to(stat_dtype(x.dtype))
