@@ -8,8 +8,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from traintech.clip import ClipResult, Clipper, GuardedStep, NormClip, TooManySkippedStepsError
-from traintech.clip import ValueClip
+from traintech.clip import (
+    Clipper,
+    ClipResult,
+    GuardedStep,
+    NormClip,
+    TooManySkippedStepsError,
+    ValueClip,
+)
 
 from _helpers import assert_close_to_f64
 
