@@ -22,6 +22,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from traintech.clip._compat import flatten_dense, group_by_device_dtype
+
 ParamsLike = Tensor | Iterable[Tensor]
 
 #: Elements per row in the CPU reduction: each row is reduced in float32 (its error grows with
@@ -148,17 +150,18 @@ def _cpu_group_partial(grads: list[Tensor], norm_type: float, exact: bool = Fals
         return torch.stack(maxima).max() if maxima else torch.zeros((), dtype=torch.float64)
     parts: list[Tensor] = []
     small: list[Tensor] = []
+    plain_dtype = grads[0].dtype in _FLOATS  # one dtype per group
     for g in grads:
-        if g.dtype in _FLOATS and g.layout == torch.strided and g.is_contiguous():
+        if plain_dtype and g.layout == torch.strided and g.is_contiguous():
             if g.numel() < _SMALL:
-                small.append(g.view(-1))
+                small.append(g)
             else:
                 parts.append(_cpu_powsum(g.view(-1), norm_type, exact))
         else:  # complex, sparse, strided views: torch's own reduction
             norm = torch.linalg.vector_norm(g, norm_type)
             parts.append(norm.double().pow(norm_type))
     if small:
-        parts.append(_cpu_powsum(torch.cat(small), norm_type, exact))
+        parts.append(_cpu_powsum(flatten_dense(small), norm_type, exact))
     if not parts:
         return torch.zeros((), dtype=torch.float64)
     return torch.stack(parts).sum()
@@ -175,16 +178,6 @@ def _device_group_partial(grads: list[Tensor], norm_type: float, device: torch.d
     if is_inf_norm(norm_type):
         return stacked.max()
     return stacked.pow(norm_type).sum()
-
-
-def group_by_device_dtype(
-    grads: list[Tensor],
-) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
-    """Group tensors by (device, dtype), keeping their order within each group."""
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    return groups
 
 
 def partial_power_sums(grads: list[Tensor], norm_type: float) -> list[Tensor]:
