@@ -12,18 +12,24 @@ Cases (CPU, fp32 unless said, GPT-2 small's 148 parameter tensors = 124M element
 
 Correctness is checked before timing. ``speedup`` is baseline time / our time (above 1: ours is
 faster); ``time ratio`` is its inverse, the quantity the targets are written in.
+
+Timing: the contenders run interleaved (A, B, A, B, ...) with the gradients restored before each
+call, and the table shows the *minimum* over the repeats (``--stat median`` for the median): on a
+shared machine the minimum is the least disturbed estimate of what the code costs.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
 
 from traintech.clip import GuardedStep, NormClip, clip_grad_norm_
 
-from _harness import Row, common_parser, print_table, set_threads, time_callable
+from _harness import Row, common_parser, print_table, set_threads
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -58,21 +64,29 @@ def f64_norm(params) -> float:
     return math.sqrt(sum(float(p.grad.double().square().sum()) for p in params))
 
 
-def time_clip(params, max_norm: float, fn: Callable[..., torch.Tensor], args, saved) -> float:
-    def restore() -> None:
-        for p, g in zip(params, saved, strict=True):
-            p.grad.copy_(g)
+def interleaved(
+    fns: dict[str, Callable[[], object]], args, setup: Callable[[], object] | None = None
+) -> dict[str, float]:
+    """Time each callable, interleaved, ``args.repeats`` times; return the min (or median)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(args.warmup + args.repeats):
+        for name, fn in fns.items():
+            if setup is not None:
+                setup()
+            start = time.perf_counter()
+            fn()
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    pick = min if args.stat == "min" else statistics.median
+    return {name: pick(ts) for name, ts in times.items()}
 
-    return time_callable(
-        lambda: (
-            fn(params, max_norm, foreach=True)
-            if fn is not clip_grad_norm_
-            else fn(params, max_norm)
-        ),
-        repeats=args.repeats,
-        warmup=args.warmup,
-        setup=restore,
-    )
+
+def restorer(tensors: list[torch.Tensor], saved: list[torch.Tensor]) -> Callable[[], None]:
+    def restore() -> None:
+        for t, s in zip(tensors, saved, strict=True):
+            t.copy_(s)
+
+    return restore
 
 
 def bench_clip(args, dtype: torch.dtype, shapes, label: str, gen) -> list[Row]:
@@ -95,10 +109,18 @@ def bench_clip(args, dtype: torch.dtype, shapes, label: str, gen) -> list[Row]:
         torch.testing.assert_close(p.grad, expected, rtol=1e-5 if accurate else 1e-2, atol=1e-7)
     errs = {"ours rel err": rel_err(ours, ref), "torch rel err": rel_err(base, ref)}
     rows = []
+    restore = restorer([p.grad for p in params], saved)
     for case, factor in [("clipped", 0.5), ("not clipped", 2.0)]:
         max_norm = factor * ref
-        t_base = time_clip(params, max_norm, torch.nn.utils.clip_grad_norm_, args, saved)
-        t_ours = time_clip(params, max_norm, clip_grad_norm_, args, saved)
+        t = interleaved(
+            {
+                "torch": lambda m=max_norm: torch.nn.utils.clip_grad_norm_(params, m, foreach=True),
+                "ours": lambda m=max_norm: clip_grad_norm_(params, m),
+            },
+            args,
+            restore,
+        )
+        t_base, t_ours = t["torch"], t["ours"]
         rows.append(
             Row(
                 f"{label}, {case}",
@@ -127,20 +149,19 @@ def bench_guarded(args, shapes, gen) -> list[Row]:
         report.coef.double(), torch.tensor(0.5, dtype=torch.float64), rtol=1e-5, atol=0
     )
 
-    def restore() -> None:
-        for g, s in zip(grads, saved, strict=True):
-            g.copy_(s)
+    restore = restorer(grads, saved)
 
     def torch_clip_step() -> None:
         torch.nn.utils.clip_grad_norm_(params, 0.5 * ref_norm, foreach=True)
         opt.step()
 
     flat = torch.randn(sum(g.numel() for g in grads), generator=gen)
-    kw = {"repeats": args.repeats, "warmup": args.warmup, "setup": restore}
-    t_bare = time_callable(opt.step, **kw)
-    t_guard = time_callable(guard.step, **kw)
-    t_torch = time_callable(torch_clip_step, **kw)
-    t_read = time_callable(flat.sum, repeats=args.repeats, warmup=args.warmup)
+    t = interleaved(
+        {"bare": opt.step, "guard": guard.step, "torch": torch_clip_step, "read": flat.sum},
+        args,
+        restore,
+    )
+    t_bare, t_guard, t_torch, t_read = t["bare"], t["guard"], t["torch"], t["read"]
     ours_over = t_guard - t_bare
     torch_over = t_torch - t_bare
     return [
@@ -160,7 +181,9 @@ def bench_guarded(args, shapes, gen) -> list[Row]:
 
 
 def main() -> None:
-    args = common_parser(__doc__ or "").parse_args()
+    parser = common_parser(__doc__ or "")
+    parser.add_argument("--stat", choices=["min", "median"], default="min")
+    args = parser.parse_args()
     set_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     gpt2 = gpt2_small_shapes()

@@ -34,7 +34,7 @@ ROW = 1 << 12
 DOT_CHUNK = 1 << 18
 
 #: fp16/bf16 gradients are widened to float32 this many elements at a time (fits in L2).
-CHUNK = 1 << 16
+CHUNK = 1 << 17
 
 #: Tensors below this many elements are concatenated before the CPU reduction (one call, not n).
 _SMALL = 1 << 12
@@ -113,19 +113,30 @@ def _row_norms(flat: Tensor, norm_type: float, acc: torch.dtype) -> list[Tensor]
     return [o.to(acc) for o in out]
 
 
+def _widened_row_norms(flat: Tensor, norm_type: float) -> list[Tensor]:
+    """Row norms of an fp16/bf16 tensor, widened to float32 one cache-sized chunk at a time."""
+    n_full = flat.numel() // CHUNK
+    out = []
+    if n_full:
+        norms = torch.empty(n_full, CHUNK // ROW)
+        buf = torch.empty(CHUNK)
+        rows = buf.view(-1, ROW)
+        chunks = flat[: n_full * CHUNK].view(n_full, CHUNK)
+        for k in range(n_full):
+            buf.copy_(chunks[k])
+            torch.linalg.vector_norm(rows, norm_type, dim=1, out=norms[k])
+        out.append(norms.view(-1))
+    if flat.numel() > n_full * CHUNK:
+        out.extend(_row_norms(flat[n_full * CHUNK :].float(), norm_type, torch.float32))
+    return out
+
+
 def _cpu_powsum(flat: Tensor, norm_type: float, exact: bool) -> Tensor:
     r"""float64 :math:`\sum |x|^p` of a contiguous 1-D floating tensor on CPU."""
     if exact:
         rows = [torch.linalg.vector_norm(flat, norm_type, dtype=torch.float64).reshape(1)]
     elif flat.dtype in (torch.float16, torch.bfloat16):
-        # Widen one cache-sized chunk at a time into a reused float32 buffer.
-        buf = torch.empty(min(CHUNK, flat.numel()), dtype=torch.float32)
-        rows = []
-        for start in range(0, flat.numel(), CHUNK):
-            piece = flat[start : start + CHUNK]
-            view = buf[: piece.numel()]
-            view.copy_(piece)
-            rows.extend(_row_norms(view, norm_type, torch.float32))
+        rows = _widened_row_norms(flat, norm_type)
     elif norm_type == 2.0:
         # BLAS dot is the fastest single-thread reduction torch has; DOT_CHUNK keeps it accurate.
         squares = [torch.dot(c, c).reshape(1) for c in flat.split(DOT_CHUNK)]
