@@ -247,3 +247,31 @@ def test_property_clipped_norm_within_bound_and_direction_kept(values, split, ma
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert float(grad_norm(params, p)) == pytest.approx(after, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("foreach", [True, None, False])
+def test_device_without_foreach_support_behaves_like_torch(foreach):
+    def make():
+        p = torch.zeros(3, device="meta", requires_grad=True)
+        p.grad = torch.ones(3, device="meta")
+        return [p]
+
+    if foreach:
+        with pytest.raises(RuntimeError, match="foreach=True was passed"):
+            clip_grad_norm_(make(), 1.0, foreach=foreach)
+        with pytest.raises(RuntimeError, match="foreach=True was passed"):
+            clip_grad_value_(make(), 1.0, foreach=foreach)
+    else:
+        out = clip_grad_norm_(make(), 1.0, foreach=foreach)
+        assert out.device.type == "meta" and out.dtype == torch.float32
+
+
+def test_complex_gradients_match_torch():
+    p = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    p.grad = torch.tensor([3 + 4j, 1j, 2], dtype=torch.complex64)
+    q = p.detach().clone().requires_grad_(True)
+    q.grad = p.grad.clone()
+    n1, n2 = clip_grad_norm_([p], 1.0), torch.nn.utils.clip_grad_norm_([q], 1.0)
+    torch.testing.assert_close(n1, n2)
+    torch.testing.assert_close(n1, torch.tensor(math.sqrt(30.0)))
+    torch.testing.assert_close(p.grad, q.grad)
