@@ -200,3 +200,20 @@ def test_load_rejects_other_settings_and_version_without_changing_state(name):
 def test_mode_and_option_are_case_insensitive_like_the_package():
     clipper = ZClip(mode="ZScore", clip_option="Mean")
     assert (clipper.mode, clipper.clip_option) == ("zscore", "mean")
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_decide_never_reads_a_tensor_value_on_the_host(name):
+    """On the meta device any .item()/bool() raises: passing there proves no host sync."""
+    clipper = FACTORIES[name]()
+    for _ in range(3):
+        result = clipper.decide(torch.tensor(1.0, device="meta"))
+    assert result.coef.device.type == "meta" and result.skip.dtype == torch.bool
+    assert all(v.device.type == "meta" for v in clipper._state.values())
+
+
+def test_agc_never_reads_a_tensor_value_on_the_host():
+    w = torch.zeros(3, 4, device="meta", requires_grad=True)
+    b = torch.zeros(4, device="meta", requires_grad=True)
+    w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
+    assert AGC()([w, b]).coef.device.type == "meta"
