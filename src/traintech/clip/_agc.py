@@ -130,6 +130,10 @@ class AGC(Clipper):
                 [0.0000, 0.0010]])
     """
 
+    #: The rule needs the parameters (weights), not only the total norm: a guarded step must
+    #: call ``clipper(parameters)`` rather than ``measure``/``decide``/``apply``.
+    needs_parameters: bool = True
+
     def __init__(
         self, clip_factor: float = 0.01, eps: float = 1e-3, *, exclude: Iterable[str] = ()
     ) -> None:
