@@ -217,3 +217,11 @@ def test_agc_never_reads_a_tensor_value_on_the_host():
     b = torch.zeros(4, device="meta", requires_grad=True)
     w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
     assert AGC()([w, b]).coef.device.type == "meta"
+
+
+def test_repr_shows_the_settings():
+    assert repr(EMAClip(factor=3.0)) == (
+        "EMAClip(factor=3.0, beta=0.98, warmup_steps=25, skip_factor=None)"
+    )
+    assert repr(ZClip()).startswith("ZClip(alpha=0.97, z_thresh=2.5, max_grad_norm=None,")
+    assert repr(AGC(exclude="fc.*")) == "AGC(clip_factor=0.01, eps=0.001, exclude=('fc.*',))"

@@ -140,6 +140,10 @@ class AGC(Clipper):
                 raise TypeError(f"exclude must hold parameter names (str), got {pattern!r}")
         self.exclude = patterns
 
+    def __repr__(self) -> str:
+        """``AGC(clip_factor=..., eps=..., exclude=...)``."""
+        return f"AGC(clip_factor={self.clip_factor!r}, eps={self.eps!r}, exclude={self.exclude!r})"
+
     def _select(self, parameters: NamedParamsLike) -> tuple[list[Tensor], list[Tensor]]:
         """Split the parameters with a gradient into (clipped, excluded)."""
         if isinstance(parameters, nn.Module):
