@@ -62,12 +62,13 @@ def find_followers(model: nn.Module, use_fx: bool = True) -> Followers:
         result.method = "module order (fx disabled)"
     if graph is not None:
         result.method = "fx"
+        memo: dict[fx.Node, list[Activation]] = {}
         for node in graph.nodes:
             if node.op != "call_module" or node.target not in modules:
                 continue
             name = str(node.target)
             if is_weight_layer(modules[name]):
-                found = _follow_node(node, modules, 0)
+                found = _follow_node(node, modules, 0, memo)
                 result.activation[name] = _merge(found)
                 result.how[name] = "fx graph"
                 if name not in result.order:
@@ -85,7 +86,15 @@ def _classify_node(node: fx.Node, modules: dict[str, nn.Module]) -> Activation |
     return None
 
 
-def _follow_node(node: fx.Node, modules: dict[str, nn.Module], depth: int) -> list[Activation]:
+def _follow_node(
+    node: fx.Node,
+    modules: dict[str, nn.Module],
+    depth: int,
+    memo: dict[fx.Node, list[Activation]],
+) -> list[Activation]:
+    # memoised: a residual stream is shared by every layer that writes into it
+    if node in memo:
+        return memo[node]
     if not node.users:
         return [Activation("none", 0.0, "model output")]
     found: list[Activation] = []
@@ -97,9 +106,11 @@ def _follow_node(node: fx.Node, modules: dict[str, nn.Module], depth: int) -> li
             if depth >= _MAX_DEPTH:
                 found.append(Activation("none", 0.0, "search depth exceeded"))
             else:
-                found.extend(_follow_node(user, modules, depth + 1))
+                found.extend(_follow_node(user, modules, depth + 1, memo))
         else:
             found.append(kind)
+    found = list(dict.fromkeys(found))
+    memo[node] = found
     return found
 
 
