@@ -139,7 +139,7 @@ def main() -> None:
                 )
             )
     print_table(
-        "init_model vs torch's own reset, CPU (speedup = torch / ours; target: ours / torch <= 1.2x)",
+        "init_model vs torch reset, CPU (speedup = torch / ours; target: ours / torch <= 1.2x)",
         rows,
         args.json,
     )
