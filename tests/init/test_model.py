@@ -295,3 +295,54 @@ def test_unknown_modules_use_their_reset_parameters():
     report = ti.init_model(model)
     assert torch.equal(model[0].scale, torch.full((3,), 2.0))
     assert report["0.scale"].init == "reset_parameters()"
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.out(self.fn(self.fc(x)))
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (lambda h: h.relu(), "kaiming_uniform(a=0, fan_in, relu)"),
+        (lambda h: torch.relu(h.reshape(-1, 8)), "kaiming_uniform(a=0, fan_in, relu)"),
+        (lambda h: F.hardswish(F.dropout(h, 0.2)), "kaiming_uniform(a=0, fan_in, relu)"),
+        (lambda h: h.sigmoid(), "xavier_uniform"),
+        (
+            lambda h: F.leaky_relu(h, negative_slope=0.1),
+            "kaiming_uniform(a=0.1, fan_in, leaky_relu)",
+        ),
+        (lambda h: torch.selu(h), "lecun_uniform"),
+        (lambda h: F.softmax(h, -1), "xavier_uniform"),
+        (lambda h: h * 2.0, "xavier_uniform"),
+        (lambda h: torch.cat([F.relu(h), F.relu(h)], 0), "kaiming_uniform(a=0, fan_in, relu)"),
+        (lambda h: torch.cat([F.relu(h), torch.tanh(h)], 0), "xavier_uniform"),
+    ],
+)
+def test_function_forms_of_activations(fn, expected, seed):
+    model = _Fn(fn)
+    report = ti.init_model(model, generator=seed)
+    assert report.method == "fx"
+    assert report["fc.weight"].init == expected
+
+
+def test_norm_modules_are_recognised_by_name(seed):
+    class RMSNorm(nn.Module):  # a look-alike of another library's norm layer
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(4))
+
+        def forward(self, x):
+            return x * self.weight
+
+    model = nn.Sequential(nn.Linear(4, 4), RMSNorm(), nn.ReLU())
+    report = ti.init_model(model, generator=seed)
+    assert torch.equal(model[1].weight, torch.ones(4))
+    assert report["0.weight"].init.startswith("kaiming")  # looked through the norm

@@ -378,6 +378,11 @@ def _plan_mha(
 def _plan_unknown(module: nn.Module, full: str, param: Tensor, why: str) -> Action:
     kind = type(module).__name__
     reset = getattr(module, "reset_parameters", None)
+    if is_weight_layer(module):
+        # e.g. an adapter parameter of a Linear subclass: its reset would undo the weight's init
+        return InitRecord(
+            full, tuple(param.shape), "untouched", f"{why}extra {kind} parameter"
+        ), _noop
     if callable(reset):
         record = InitRecord(
             full,
