@@ -346,3 +346,13 @@ def test_norm_modules_are_recognised_by_name(seed):
     report = ti.init_model(model, generator=seed)
     assert torch.equal(model[1].weight, torch.ones(4))
     assert report["0.weight"].init.startswith("kaiming")  # looked through the norm
+
+
+def test_a_single_init_name_applies_to_every_weight_layer(seed):
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Conv1d(1, 2, 3), nn.LayerNorm(2))
+    report = ti.init_model(model, "orthogonal", generator=seed)
+    w = model[0].weight.detach().double()
+    torch.testing.assert_close(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert report["2.weight"].init == "orthogonal"
+    assert report["3.weight"].init == "ones"
+    assert [b.name for b in ti.init_model(nn.BatchNorm1d(3)).buffers] == ["running_*"]

@@ -26,6 +26,11 @@ SchemeKey = Union[str, type]  # noqa: UP007 (runtime alias on Python 3.10)
 SchemeValue = Union[str, Callable[..., Any]]  # noqa: UP007
 _SPECIAL = ("auto", "skip", "reset_parameters")
 _DISTRIBUTIONS = ("uniform", "normal")
+_WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,
+)
 
 
 def init_model(
@@ -85,7 +90,8 @@ def init_model(
 
     Args:
         model: the model.
-        scheme: ``"auto"`` or a mapping as above.
+        scheme: ``"auto"``, one init name (applied to every Linear/Conv/Bilinear weight, the
+            rest ``"auto"``), or a mapping as above.
         generator: the torch Generator to sample from (default: the global one).
         residual: names or modules of residual branch output layers, or of blocks whose last
             weight layer is the branch output. Patterns are ``fnmatch`` patterns; a match inside
@@ -109,6 +115,8 @@ def init_model(
         ['kaiming_uniform(a=0, fan_in, relu)', 'zeros', 'xavier_uniform', 'zeros']
     """
     _validate(model, scheme, generator, distribution, num_residual)
+    if isinstance(scheme, str) and scheme != "auto":
+        scheme = {layer: scheme for layer in _WEIGHT_LAYER_TYPES}
     followers = find_followers(model, use_fx=use_fx)
     outputs = resolve_residual(model, residual, followers)
     if num_residual is None:
@@ -119,7 +127,10 @@ def init_model(
     for _, run in actions:
         run()
     materialized = not any(t.is_meta for t in model.parameters())
-    return InitReport([r for r, _ in actions], followers.method, materialized)
+    records = [r for r, _ in actions]
+    buffers = [r for r in records if r.name.endswith("running_*")]
+    params = [r for r in records if not r.name.endswith("running_*")]
+    return InitReport(params, followers.method, materialized, buffers)
 
 
 def _validate(
@@ -144,9 +155,10 @@ def _validate(
     ):
         raise ValueError(f"num_residual must be an int >= 1 or None, got {num_residual!r}")
     if isinstance(scheme, str):
-        if scheme != "auto":
+        if scheme != "auto" and scheme not in NAMED_INITS:
             raise ValueError(
-                f"scheme must be 'auto' or a mapping from module type / name pattern to an init, "
+                f"scheme must be 'auto', an init name from {sorted(NAMED_INITS)} (for every "
+                f"Linear/Conv weight) or a mapping from module type / name pattern to an init, "
                 f"got {scheme!r}"
             )
         return
