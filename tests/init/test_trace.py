@@ -57,10 +57,12 @@ def _without_dedupe(monkeypatch, model):
         lambda: [Block() for _ in range(4)],
         lambda: [PreAct() for _ in range(3)],
         lambda: [Block(), PreAct(), Block(), PreAct()],
+        lambda: [nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16)) for _ in range(3)],
     ],
 )
 def test_tracing_repeated_blocks_once_gives_the_full_trace_result(blocks, monkeypatch):
     model = Net(blocks())
+    assert len(_trace._repeated_blocks(model)) >= 2
     fast = find_followers(model)
     full = _without_dedupe(monkeypatch, model)
     assert fast.method == full.method == "fx"

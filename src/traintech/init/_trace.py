@@ -83,7 +83,8 @@ def _repeated_blocks(root: nn.Module) -> dict[int, Hashable]:
     for name, module in root.named_modules():
         if not name or not any(True for _ in module.children()):
             continue
-        if not _has_weight_layer(module) or type(module).__module__.startswith("torch.nn"):
+        torch_leaf = type(module).__module__.startswith("torch.nn")
+        if not _has_weight_layer(module) or (torch_leaf and not isinstance(module, nn.Sequential)):
             continue
         candidates.append((name, module, signature(module)))
     counts = Counter(sig for _, _, sig in candidates)
