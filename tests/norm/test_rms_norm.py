@@ -167,3 +167,22 @@ def test_fused_layers_share_state_dict_with_plain_layers(seed):
     ln = nn.LayerNorm(8)
     fln = tn.FusedAddLayerNorm(8)
     fln.load_state_dict(ln.state_dict(), strict=True)
+
+
+@pytest.mark.slow
+def test_rms_norm_and_fused_add_work_under_torch_compile(seed):
+    torch._dynamo.reset()
+    layer, fused = tn.RMSNorm(8), tn.FusedAddRMSNorm(8)
+    x = torch.randn(2, 3, 8, generator=seed, requires_grad=True)
+    r = torch.randn(2, 3, 8, generator=seed)
+    y = torch.compile(layer, backend="aot_eager")(x)
+    y.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    layer(x).sum().backward()
+    torch.testing.assert_close(y, layer(x))
+    torch.testing.assert_close(gx, x.grad)
+    yf, hf = torch.compile(fused, backend="aot_eager")(x, r)
+    y2, h2 = fused(x, r)
+    torch.testing.assert_close(yf, y2)
+    torch.testing.assert_close(hf, h2)
