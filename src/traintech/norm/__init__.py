@@ -24,6 +24,7 @@ from traintech.norm._instance_norm import InstanceNorm1d, InstanceNorm2d, Instan
 from traintech.norm._layer_norm import ChannelLayerNorm, LayerNorm
 from traintech.norm._recalibrate import recalibrate_batchnorm
 from traintech.norm._rms_norm import RMSNorm
+from traintech.norm._sync_batch_norm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d",
@@ -40,11 +41,13 @@ __all__ = [
     "InstanceNorm3d",
     "LayerNorm",
     "RMSNorm",
+    "SyncBatchNorm",
     "batchnorm_to_groupnorm",
     "batchnorm_to_layernorm",
     "can_fold",
     "choose_num_groups",
     "chunk_sizes",
+    "convert_sync_batchnorm",
     "fold_batchnorm",
     "fold_batchnorm_into",
     "freeze_batchnorm",
