@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from traintech.norm._stats import as_shape, check_channels, check_eps, check_trailing_shape
+from traintech.norm._stats import (
+    as_shape,
+    check_channels,
+    check_eps,
+    check_positive_int,
+    check_trailing_shape,
+)
 
 # Speed note: torch's native ``torch.layer_norm`` fuses statistics, normalization and affine in
 # one pass forward and two in backward (stats in fp32 for half inputs) and is the fastest path
@@ -195,7 +201,7 @@ class ChannelLayerNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        (num_channels,) = as_shape(num_channels, "num_channels")
+        check_positive_int(num_channels, "num_channels")
         check_eps(eps)
         super().__init__()
         self.num_channels = num_channels
