@@ -186,3 +186,19 @@ def test_rms_norm_and_fused_add_work_under_torch_compile(seed):
     y2, h2 = fused(x, r)
     torch.testing.assert_close(yf, y2)
     torch.testing.assert_close(hf, h2)
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_under_cpu_autocast_matches_torch(dtype, seed):
+    x = torch.randn(4, 64, generator=seed).to(dtype).requires_grad_()
+    ours, theirs = tn.RMSNorm(64), nn.RMSNorm(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = ours(x), theirs(x)
+    assert ya.dtype == yb.dtype
+    torch.testing.assert_close(ya, yb)
+    ga = torch.autograd.grad(ya.float().sum(), [x, ours.weight])
+    gb = torch.autograd.grad(yb.float().sum(), [x, theirs.weight])
+    for a, b in zip(ga, gb, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
