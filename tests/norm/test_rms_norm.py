@@ -202,3 +202,25 @@ def test_rms_norm_under_cpu_autocast_matches_torch(dtype, seed):
     for a, b in zip(ga, gb, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_blocked_cpu_backward_equals_single_block(affine, seed, monkeypatch):
+    import traintech.norm._rms_norm as rms_module
+
+    x = torch.randn(11, 16, generator=seed, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(16, generator=seed, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(11, 16, generator=seed, dtype=torch.float64)
+    weight = w if affine else None
+    grads = []
+    for block_bytes in (1 << 30, 3 * 16 * 8):  # one block; blocks of 3 rows (11 = 3+3+3+2)
+        monkeypatch.setattr(rms_module, "_CPU_BLOCK_BYTES", block_bytes)
+        inputs = [x, w] if affine else [x]
+        grads.append(torch.autograd.grad(F.rms_norm(x, (16,), weight, 1e-5), inputs, g))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    xr = x.detach().requires_grad_()
+    wr = w.detach().requires_grad_() if affine else None
+    ref = torch.autograd.grad(ref_rms_norm(xr, 1, wr, 1e-5), [xr] + ([wr] if affine else []), g)
+    for a, b in zip(grads[1], ref, strict=True):
+        assert_close_to_f64(a, b)
