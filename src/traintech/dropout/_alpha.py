@@ -44,9 +44,7 @@ class AlphaDropout(nn.AlphaDropout):
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply alpha dropout in training mode."""
-        return F.alpha_dropout(
-            input, self.p, self.training, self.inplace, generator=self.generator
-        )
+        return F.alpha_dropout(input, self.p, self.training, self.inplace, generator=self.generator)
 
 
 class FeatureAlphaDropout(nn.FeatureAlphaDropout):
