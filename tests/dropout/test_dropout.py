@@ -59,14 +59,24 @@ def test_low_memory_gives_same_mask_and_grad(shape) -> None:
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
 
 
-def test_low_memory_saves_no_tensor() -> None:
-    x = torch.randn(LARGE, requires_grad=True)
-    y = F.dropout(x, 0.2, True, low_memory=True)
-    assert y.grad_fn is not None
-    assert y.grad_fn.mask.mask is None  # regenerated in backward
-    y_default = F.dropout(x, 0.2, True)
-    packed = y_default.grad_fn.mask.mask
-    assert packed.dtype == torch.int64 and packed.numel() * 64 == x.numel()  # 1 bit / element
+@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=["small", "large"])
+def test_saved_for_backward(shape) -> None:
+    saved: dict[bool, list[torch.Tensor]] = {False: [], True: []}
+    x = torch.randn(shape, requires_grad=True)
+    for low in (False, True):
+
+        def pack(t: torch.Tensor, low: bool = low) -> torch.Tensor:
+            saved[low].append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            F.dropout(x, 0.2, True, low_memory=low).sum().backward()
+    assert saved[True] == []  # low-memory mode: the mask is regenerated in backward
+    (mask,) = saved[False]
+    if shape == LARGE:  # bit-packed: 1 bit per element
+        assert mask.dtype == torch.int64 and mask.numel() * 64 == x.numel()
+    else:
+        assert mask.dtype == torch.bool and mask.shape == x.shape
 
 
 @pytest.mark.parametrize("shape", [(1 << 18,), (2000, 37)], ids=["fast", "rand"])

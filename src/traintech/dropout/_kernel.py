@@ -182,16 +182,21 @@ class DropoutFunction(torch.autograd.Function):
         out = mask.apply_(x, scale) if inplace else mask.apply(x, scale)
         if inplace:
             ctx.mark_dirty(x)
-        if low_memory:
-            mask.mask = None
+        if not low_memory:  # through save_for_backward, so saved-tensor hooks see it
+            ctx.save_for_backward(mask.get())
+        mask.mask = None
         ctx.mask = mask
+        ctx.low_memory = low_memory
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        grad_in = ctx.mask.apply(grad, ctx.scale)
-        ctx.mask = None
+        mask = ctx.mask
+        if not ctx.low_memory:
+            mask.mask = ctx.saved_tensors[0]
+        grad_in = mask.apply(grad, ctx.scale)
+        mask.mask = None
         return grad_in, None, None, None, None, None
 
 
