@@ -84,6 +84,8 @@ def uniform(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Float32 uniforms in ``[0, 1)`` of ``shape`` on ``device`` drawn from ``generator``."""
+    if generator is None:  # this overload takes symbolic shapes under torch.compile
+        return torch.rand(shape, device=device, dtype=torch.float32)
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
 
 
