@@ -74,3 +74,11 @@ def test_bad_mode_and_generator() -> None:
 def test_p_one_allowed_where_it_can_be_honoured() -> None:
     for name in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "DropBlock2d"):
         assert CONSTRUCTORS[name](1.0).p == 1.0
+
+
+def test_numpy_and_int_rates_accepted() -> None:
+    import numpy as np
+
+    assert D.Dropout(np.float32(0.25)).p == 0.25
+    assert D.Dropout(0).p == 0.0
+    assert D.DropPath(1).p == 1.0

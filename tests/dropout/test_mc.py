@@ -88,7 +88,7 @@ def test_regression_statistics_match_samples(seed) -> None:
     torch.testing.assert_close(res.mean.double(), s.mean(0), rtol=1e-6, atol=1e-6)
     ref_std = ((s - s.mean(0)) ** 2).mean(0).sqrt()
     torch.testing.assert_close(res.std.double(), ref_std, rtol=1e-5, atol=1e-6)
-    assert res.entropy is None and res.mutual_information is None
+    assert res.predictive_entropy is None and res.mutual_information is None
 
 
 def test_classification_entropy_and_mutual_information(seed) -> None:
@@ -106,7 +106,7 @@ def test_classification_entropy_and_mutual_information(seed) -> None:
     h = -(mean * mean.log()).sum(-1)
     eh = -(probs * probs.log()).sum(-1).mean(0)
     torch.testing.assert_close(res.mean.double(), mean, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(res.entropy.double(), h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.predictive_entropy.double(), h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(res.expected_entropy.double(), eh, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
         res.mutual_information.double(), (h - eh).clamp_min(0), atol=1e-5, rtol=0
@@ -120,7 +120,7 @@ def test_class_dim_for_segmentation_output(seed) -> None:
         model, torch.randn(2, 2, 4, 4, generator=seed), 5, seed, task="classification", class_dim=1
     )
     torch.testing.assert_close(res.mean.sum(1), torch.ones(2, 4, 4))
-    assert res.entropy.shape == (2, 4, 4)
+    assert res.predictive_entropy.shape == (2, 4, 4)
 
 
 def test_batched_and_sequential_agree_in_distribution() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -17,7 +18,7 @@ def check_p(p: object, name: str = "p", *, allow_one: bool = True) -> float:
         TypeError: if ``p`` is not a real number.
         ValueError: if ``p`` is outside ``[0, 1]`` (or equal to 1 when ``allow_one`` is False).
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1], got {type(p).__name__} ({p!r})")
     value = float(p)
     if math.isnan(value) or value < 0.0 or value > 1.0:

@@ -48,8 +48,17 @@ def p_bits(p: float) -> list[int]:
     return [(t >> (PRECISION - 1 - k)) & 1 for k in range(PRECISION)]
 
 
-def _raw_words(stream: np.random.SFC64, n: int) -> Tensor:
-    return torch.from_numpy(stream.random_raw(n).view(np.int64))
+# Random words are drawn in chunks below glibc's mmap threshold and copied into one buffer:
+# a fresh multi-page array per bit plane would cost a page fault per 4 KiB.
+_CHUNK = 8192
+
+
+def _raw_words(stream: np.random.SFC64, buffer: np.ndarray, n: int) -> Tensor:
+    out = buffer[:n]
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        out[start:stop] = stream.random_raw(stop - start)
+    return torch.from_numpy(out.view(np.int64))
 
 
 def drop_words(n_words: int, p: float, seed: int) -> Tensor:
@@ -67,6 +76,7 @@ def drop_words(n_words: int, p: float, seed: int) -> Tensor:
     stream = np.random.SFC64(seed)
     lt = torch.zeros(n_words, dtype=torch.int64)
     eq = torch.full((n_words,), -1, dtype=torch.int64)
+    buffer = np.empty(n_words, dtype=np.uint64)
     for phase, (lo, hi) in enumerate(_PHASES):
         if lo > last:
             break
@@ -80,7 +90,7 @@ def drop_words(n_words: int, p: float, seed: int) -> Tensor:
             sub_lt, sub_eq = lt[idx], eq[idx]
         tmp = torch.empty_like(sub_eq)
         for level in range(lo, min(hi, last + 1)):
-            w = _raw_words(stream, sub_eq.numel())
+            w = _raw_words(stream, buffer, sub_eq.numel())
             if bits[level]:
                 torch.bitwise_and(sub_eq, w, out=tmp)
                 sub_lt.bitwise_or_(tmp)
