@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import traintech.dropout as D
@@ -172,3 +174,20 @@ def test_global_rng_drives_masks_without_generator() -> None:
     c = F.dropout(x, 0.5, True)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(b, c)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    p=st.floats(0.0, 0.99),
+    numel=st.sampled_from([1, 7, 1000, FAST_MIN_NUMEL, FAST_MIN_NUMEL + 13]),
+    seed_value=st.integers(0, 2**31),
+    low_memory=st.booleans(),
+)
+def test_property_output_is_zero_or_scaled_input(p, numel, seed_value, low_memory) -> None:
+    gen = torch.Generator().manual_seed(seed_value)
+    x = (torch.rand(numel, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    y = F.dropout(x, p, True, generator=gen, low_memory=low_memory)
+    y.backward(torch.ones_like(y))
+    keep = y != 0
+    torch.testing.assert_close(y, torch.where(keep, x / (1 - p), 0.0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(x.grad, keep.double() / (1 - p), rtol=1e-12, atol=0)

@@ -134,24 +134,28 @@ def _use_words(x: Tensor) -> bool:
 class _Mask:
     """A drop mask in one of two forms, able to apply itself and to forget / rebuild itself."""
 
-    def __init__(self, x: Tensor, p: float, generator: torch.Generator | None) -> None:
+    def __init__(
+        self, x: Tensor, p: float, generator: torch.Generator | None, replayable: bool
+    ) -> None:
         self.shape = x.shape
         self.device = x.device
         self.p = p
         self.packed = _use_words(x)
-        gen = resolve_generator(x.device, generator)
+        gen = generator
         if self.packed:
+            gen = resolve_generator(x.device, generator)
             self.seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen).item())
-        else:
+        elif replayable:  # the generator's state, to replay the draw in backward
+            gen = resolve_generator(x.device, generator)
             self.state = gen.get_state()
             self.gen_device = gen.device
-        self.mask: Tensor | None = self._build(gen)
+        self.mask: Tensor | None = self._build(gen, replay=False)
 
-    def _build(self, gen: torch.Generator | None) -> Tensor:
+    def _build(self, gen: torch.Generator | None, replay: bool) -> Tensor:
         if self.packed:
             n_words = (int(torch.Size(self.shape).numel()) + 63) // 64
             return drop_words(n_words, self.p, self.seed)
-        if gen is None:  # replay the draw from the saved state on a private generator
+        if replay:  # replay the draw from the saved state on a private generator
             gen = torch.Generator(device=self.gen_device)
             gen.set_state(self.state)
         return keep_mask(self.shape, self.p, self.device, gen)
@@ -159,7 +163,7 @@ class _Mask:
     def get(self) -> Tensor:
         """The mask, rebuilt from the saved seed or generator state if it was forgotten."""
         if self.mask is None:
-            self.mask = self._build(None)
+            self.mask = self._build(None, replay=True)
         return self.mask
 
     def apply(self, t: Tensor, scale: float) -> Tensor:
@@ -188,7 +192,7 @@ class DropoutFunction(torch.autograd.Function):
         low_memory: bool,
         inplace: bool,
     ) -> Tensor:
-        mask = _Mask(x, p, generator)
+        mask = _Mask(x, p, generator, replayable=low_memory)
         out = mask.apply_(x, scale) if inplace else mask.apply(x, scale)
         if inplace:
             ctx.mark_dirty(x)
