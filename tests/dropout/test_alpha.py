@@ -9,7 +9,7 @@ import torch
 
 import traintech.dropout as D
 from traintech.dropout import functional as F
-from traintech.dropout.functional import apply_alpha
+from traintech.dropout._alpha import apply_alpha
 
 ALPHA = 1.6732632423543772848170429916717
 LAMBDA = 1.0507009873554804934193349852946

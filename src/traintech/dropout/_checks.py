@@ -6,6 +6,7 @@ import math
 import numbers
 
 import torch
+from torch import Tensor
 
 #: The dropout variants selected by ``mode``.
 MODES = ("inverted", "original")
@@ -98,3 +99,27 @@ def keep_mask(
 ) -> torch.Tensor:
     """Bool mask of ``shape``: each entry ``True`` (kept) with probability ``1 - p``."""
     return uniform(shape, device, generator) >= p
+
+
+def check_input(input: object) -> Tensor:
+    """Return ``input`` after checking it is a floating-point (or complex) tensor.
+
+    Raises:
+        TypeError: if ``input`` is not a tensor or has an integer/bool dtype.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not (input.is_floating_point() or input.is_complex()):
+        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+    return input
+
+
+def feature_mask_shape(input: Tensor, batched: bool) -> tuple[int, ...]:
+    """Shape of a per-channel mask: ``(N, C, 1, ...)`` (batched) or ``(C, 1, ...)``."""
+    lead = 2 if batched else 1
+    return tuple(input.shape[:lead]) + (1,) * (input.dim() - lead)
+
+
+def mul(input: Tensor, factor: Tensor | float, inplace: bool) -> Tensor:
+    """``input * factor``, in place when ``inplace``."""
+    return input.mul_(factor) if inplace else input * factor
