@@ -112,6 +112,7 @@ def test_classification_entropy_and_mutual_information(seed) -> None:
         res.mutual_information.double(), (h - eh).clamp_min(0), atol=1e-5, rtol=0
     )
     assert (res.mutual_information > 0).all()
+    assert res.entropy is res.predictive_entropy
 
 
 def test_class_dim_for_segmentation_output(seed) -> None:

@@ -40,6 +40,11 @@ class MCResult:
     mutual_information: Tensor | None = None
     samples: Tensor | None = None
 
+    @property
+    def entropy(self) -> Tensor | None:
+        """Same as :attr:`predictive_entropy` (the total uncertainty)."""
+        return self.predictive_entropy
+
 
 @contextlib.contextmanager
 def _mc_mode(
