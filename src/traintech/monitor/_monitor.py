@@ -87,7 +87,7 @@ class Monitor:
         spike_warmup: logged steps before spikes are scored. Default: 20.
         history: logged steps kept in memory for :meth:`summary`. Default: 2000.
         tensorboard: write TensorBoard events; None: when ``tensorboard`` is installed and
-            ``log_dir`` is set. Default: None.
+            ``log_dir`` is set (one event with every tag per logged step). Default: None.
         csv: write ``monitor.csv`` when ``log_dir`` is set. Default: True.
 
     Example:
@@ -267,7 +267,7 @@ class Monitor:
     def _check_trace_only(self, tracer: NonFiniteTracer, t: int) -> None:
         flags = tracer.stacked()
         tracer.reset()
-        if flags is not None and bool(flags.any()):
+        if flags is not None and not bool(torch.isfinite(flags).all()):
             record: dict[str, Any] = {"step": t, "events": []}
             self._nonfinite_event(record, t, flags.cpu().tolist(), [], loss_bad=False)
             self._finish(record)
@@ -362,7 +362,7 @@ class Monitor:
                 self._event(record, "grad_spike", value=watched, z=z, ema=self.grad_spikes.mean)
         bad_params = [n for n, v in zip(names, gnorms, strict=True) if not math.isfinite(v)]
         loss_bad = loss_v is not None and not math.isfinite(loss_v)
-        if bad_params or loss_bad or any(v != 0.0 for v in trace_vals):
+        if bad_params or loss_bad or any(not math.isfinite(v) for v in trace_vals):
             self._nonfinite_event(record, t, trace_vals, bad_params, loss_bad)
         if self._tracer is not None:
             self._tracer.reset()
@@ -408,8 +408,7 @@ class Monitor:
             if self._csv is not None:
                 self._csv.write(row)
             if self._tb is not None:
-                row.pop("step", None)
-                self._tb.write(record["step"], row)
+                self._tb.write(record["step"], {k: v for k, v in row.items() if k != "step"})
         if self.raise_on_nonfinite:
             for event in record["events"]:
                 if event["kind"] == "nonfinite":
