@@ -32,6 +32,17 @@ class NonFiniteError(RuntimeError):
     """Raised by :meth:`Monitor.step` (with ``raise_on_nonfinite=True``) at a NaN/Inf."""
 
 
+def foreach_norms(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of each tensor, in one ``torch._foreach_norm`` call, stacked on one device.
+
+    Accumulates in float32 (float64 when any tensor is float64), so fp16/bf16 do not overflow.
+    """
+    acc = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    norms = torch._foreach_norm(tensors, 2, dtype=acc)
+    device = norms[0].device
+    return torch.stack([n.to(device) for n in norms])
+
+
 def _check_every(name: str, value: int | None, allow_none: bool) -> None:
     if value is None and allow_none:
         return
@@ -227,10 +238,8 @@ class Monitor:
         self._before = None
         with torch.no_grad():
             diff = torch._foreach_sub(params, before)
-            upd = torch._foreach_norm(diff, 2, dtype=torch.float32)
-            w = torch._foreach_norm(before, 2, dtype=torch.float32)
-            dev = upd[0].device
-            self._update = (names, torch.cat([torch.stack(upd), torch.stack(w).to(dev)]))
+            upd = foreach_norms(list(diff))
+            self._update = (names, torch.cat([upd, foreach_norms(before).to(upd.device)]))
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss: Tensor | float | None = None, clip: ClipResult | None = None) -> (
@@ -266,11 +275,12 @@ class Monitor:
 
     def _check_trace_only(self, tracer: NonFiniteTracer, t: int) -> None:
         flags = tracer.stacked()
-        tracer.reset()
         if flags is not None and not bool(torch.isfinite(flags).all()):
             record: dict[str, Any] = {"step": t, "events": []}
             self._nonfinite_event(record, t, flags.cpu().tolist(), [], loss_bad=False)
+            tracer.reset()
             self._finish(record)
+        tracer.reset()
 
     def _gather(self, t: int, loss: Tensor | float | None, clip: ClipResult | None) -> (
         dict[str, Any]
@@ -279,11 +289,11 @@ class Monitor:
         pieces: list[Tensor] = []
         device = with_grad[0][1].device if with_grad else torch.device("cpu")
         if with_grad:
-            norms = torch._foreach_norm([g for _, g in with_grad], 2, dtype=torch.float32)
-            pieces.append(torch.stack([x.to(device) for x in norms]))
+            pieces.append(foreach_norms([g for _, g in with_grad]).to(device))
         scalars: list[Tensor] = []
         if isinstance(loss, Tensor):
-            scalars.append(loss.detach().reshape(()).float().to(device))
+            wide = torch.promote_types(loss.dtype, torch.float32)
+            scalars.append(loss.detach().reshape(()).to(device, wide))
         if clip is not None:
             scalars += [
                 clip.norm.detach().float().reshape(()).to(device),
@@ -292,7 +302,7 @@ class Monitor:
                 clip.skip.detach().float().reshape(()).to(device),
             ]
         if scalars:
-            pieces.append(torch.stack(scalars))
+            pieces.append(torch.stack([x.to(scalars[0].dtype) for x in scalars]))
         update, self._update = self._update, None
         if update is not None:
             pieces.append(update[1].to(device))
