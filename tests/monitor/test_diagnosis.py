@@ -38,7 +38,7 @@ def test_exploding_gradients_from_a_diverging_learning_rate(data):
     assert "gradient norm grew 10^" in found.message and "consider clipping at" in (
         found.message.lower()
     )
-    assert found.layers[0] in {"0.weight", "1.weight"}
+    assert {"0.weight", "1.weight"} <= set(found.layers)
 
 
 def test_vanishing_gradients_in_a_deep_sigmoid_net(data):
