@@ -316,3 +316,38 @@ def test_trace_catches_nan_on_a_step_that_is_not_logged(seed):
         model.zero_grad()
         _one_step(model, -x if t == 2 else x, mon)
     assert [e["step"] for e in _nonfinite(mon)] == [2]
+
+
+class WithUnused(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_unused_parameters_and_switches(setup, tmp_path):
+    net, x, y = setup
+    model = WithUnused(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Monitor(model, opt, tmp_path, activation_every=None, update_every=None,
+                 tensorboard=False, csv=False) as mon:
+        train(model, opt, mon, x, y, 2)
+        rec = mon.history[-1]
+        assert "unused.weight" not in rec["grad_norms"] and "net.0.weight" in rec["grad_norms"]
+        assert "activations" not in rec and "update_ratio" not in rec
+        assert len(net[1]._forward_hooks) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.jsonl"]
+    assert len(opt._optimizer_step_pre_hooks) == 0  # close() removed the hooks
+
+
+def test_float_loss_and_no_optimizer(setup):
+    model, x, y = setup
+    mon = Monitor(model)
+    ((model(x[:32]) - y[:32]) ** 2).mean().backward()
+    rec = mon.step(loss=0.25)
+    assert rec["loss"] == 0.25 and "update_ratio" not in rec
+    mon.log_event("note", detail="hello")
+    assert mon.events[-1] == {"step": 0, "kind": "note", "detail": "hello"}

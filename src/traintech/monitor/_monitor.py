@@ -178,6 +178,7 @@ class Monitor:
         self._opt_handles: list[RemovableHandle] = []
         self._before: tuple[list[str], list[Tensor], list[Tensor]] | None = None
         self._update: tuple[list[str], Tensor] | None = None
+        self._opt_params: list[tuple[str, Tensor]] = []
         if optimizer is not None and update_every is not None:
             by_id = {id(p): n for n, p in self._params}
             self._opt_params = [
@@ -224,7 +225,7 @@ class Monitor:
     # -- optimizer hooks (update-to-weight ratio) ------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._before = None
-        if not self._sampled(self.step_count, self.update_every):
+        if not self._opt_params or not self._sampled(self.step_count, self.update_every):
             return
         names = [n for n, _ in self._opt_params]
         params = [p.detach() for _, p in self._opt_params]
@@ -285,7 +286,9 @@ class Monitor:
     def _gather(self, t: int, loss: Tensor | float | None, clip: ClipResult | None) -> (
         dict[str, Any]
     ):
-        with_grad = [(n, p.grad) for n, p in self._params if p.grad is not None]
+        with_grad = [
+            (n, p.grad) for n, p in self._params if p.grad is not None and not p.grad.is_sparse
+        ]
         pieces: list[Tensor] = []
         device = with_grad[0][1].device if with_grad else torch.device("cpu")
         if with_grad:
