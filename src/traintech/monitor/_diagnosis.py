@@ -1,0 +1,280 @@
+"""Diagnosis rules: turn logged records into plain-word findings that name a technique.
+
+The rules read the records the monitor writes (one dict per logged step, the same objects as
+the JSONL lines), so ``Monitor.summary()`` and ``traintech report`` agree.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Growth of the gradient norm (late median / early median) that counts as exploding.
+EXPLODE_GROWTH = 100.0
+#: Per-element gradient RMS of the first weight over the last one that counts as vanishing.
+VANISH_RATIO = 1e-3
+#: Fraction of dead units of a ReLU-family layer that is reported.
+DEAD_FRACTION = 0.5
+#: Band of the median update-to-weight ratio outside of which the learning rate is suspect.
+UPDATE_RATIO_HIGH = 3e-2
+UPDATE_RATIO_LOW = 1e-5
+#: Fraction of steps clipped above which the clipping threshold is called too low.
+CLIPPED_FRACTION = 0.5
+
+_RELU_FAMILY = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU"}
+_EMBEDDINGS = {"Embedding", "EmbeddingBag"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: which rule fired, in plain words, and where.
+
+    Attributes:
+        rule: the rule's name (``exploding_gradients``, ``vanishing_gradients``, ``dead_units``,
+            ``update_ratio_high``, ``update_ratio_low``, ``nonfinite``, ``spikes``,
+            ``clipping_saturated``).
+        message: the symptom and the technique to try.
+        layers: the parameters or modules concerned, most affected first.
+        steps: the first and last step the rule looked at.
+    """
+
+    rule: str
+    message: str
+    layers: tuple[str, ...] = field(default_factory=tuple)
+    steps: tuple[int, int] | None = None
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _fmt_layers(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + ("..." if len(names) > limit else "")
+
+
+def _watched_norm(rec: dict[str, Any]) -> float | None:
+    clip = rec.get("clip")
+    if clip and clip.get("norm") is not None:
+        return float(clip["norm"])
+    value = rec.get("grad_norm")
+    return None if value is None else float(value)
+
+
+def _weight_params(meta: dict[str, Any]) -> list[str]:
+    """Parameters with >= 2 dims in model order, embeddings excluded."""
+    modules = meta.get("modules", {})
+    out = []
+    for name, (shape, _numel) in meta.get("params", {}).items():
+        owner = name.rsplit(".", 1)[0] if "." in name else "<model>"
+        if len(shape) >= 2 and modules.get(owner) not in _EMBEDDINGS:
+            out.append(name)
+    return out
+
+
+def _exploding(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    pts = [(r["step"], v) for r in records if (v := _watched_norm(r)) is not None and v > 0]
+    if len(pts) < 10:
+        return []
+    k = max(3, len(pts) // 10)
+    early, late = _median([v for _, v in pts[:k]]), _median([v for _, v in pts[-k:]])
+    growth = late / early
+    if not growth >= EXPLODE_GROWTH:
+        return []
+    span = pts[-1][0] - pts[0][0]
+    lo, hi = {r["step"] for r in records[:k]}, {r["step"] for r in records[-k:]}
+    layer_growth = []
+    for name in meta.get("params", {}):
+        a = [r["grad_norms"][name] for r in records if r["step"] in lo and
+             r.get("grad_norms", {}).get(name)]
+        b = [r["grad_norms"][name] for r in records if r["step"] in hi and
+             r.get("grad_norms", {}).get(name)]
+        if a and b and _median(a) > 0:
+            layer_growth.append((_median(b) / _median(a), name))
+    layer_growth.sort(reverse=True)
+    layers = tuple(n for g, n in layer_growth if g >= math.sqrt(EXPLODE_GROWTH))
+    where = f" in layers {_fmt_layers(layers)}" if layers else ""
+    message = (
+        f"gradient norm grew 10^{math.log10(growth):.1f} over {span} steps "
+        f"(median {early:.3g} -> {late:.3g}){where}: exploding gradients. Consider clipping at "
+        f"{2 * early:.3g} (traintech.clip.clip_grad_norm_ / NormClip(max_norm={2 * early:.3g})) "
+        "or adaptive clipping (ZClip, QuantileClip); for RNNs an orthogonal recurrent init, "
+        "and a lower learning rate."
+    )
+    return [Finding("exploding_gradients", message, layers, (pts[0][0], pts[-1][0]))]
+
+
+def _vanishing(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    weights = _weight_params(meta)
+    if len(weights) < 3 or not records:
+        return []
+    recent = records[len(records) // 2 :]
+    rms: dict[str, float] = {}
+    for name in weights:
+        numel = meta["params"][name][1]
+        vals = [r["grad_norms"][name] for r in recent if r.get("grad_norms", {}).get(name)]
+        if vals:
+            rms[name] = _median(vals) / math.sqrt(numel)
+    present = [n for n in weights if n in rms]
+    if len(present) < 3 or rms[present[-1]] <= 0:
+        return []
+    last = rms[present[-1]]
+    ratio = rms[present[0]] / last
+    if not ratio <= VANISH_RATIO:
+        return []
+    small = tuple(n for n in present[:-1] if rms[n] / last <= VANISH_RATIO)
+    message = (
+        f"gradients vanish toward the input: the per-element gradient RMS of "
+        f"'{present[0]}' is 10^{math.log10(max(ratio, 1e-300)):.1f} of the last layer's "
+        f"('{present[-1]}'); affected: {_fmt_layers(small)}. Use a variance-preserving init "
+        "(traintech.init.init_model: He for ReLU, Xavier for tanh/sigmoid), add normalization "
+        "(LayerNorm/BatchNorm) or residual connections, or a non-saturating activation "
+        "(ReLU family instead of sigmoid/tanh)."
+    )
+    return [Finding("vanishing_gradients", message, small, (recent[0]["step"], recent[-1]["step"]))]
+
+
+def _dead_units(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    sampled = [r for r in records if r.get("activations")][-5:]
+    if not sampled:
+        return []
+    modules = meta.get("modules", {})
+    dead = []
+    for name, mtype in modules.items():
+        if mtype not in _RELU_FAMILY:
+            continue
+        vals = [r["activations"][name]["dead"] for r in sampled
+                if r["activations"].get(name, {}).get("dead") is not None]
+        if vals and (frac := statistics.fmean(vals)) >= DEAD_FRACTION:
+            dead.append((frac, name))
+    if not dead:
+        return []
+    dead.sort(reverse=True)
+    worst_frac, worst = dead[0]
+    layers = tuple(n for _, n in dead)
+    message = (
+        f"{worst_frac:.0%} of the units of '{worst}' ({modules[worst]}) output 0 for a whole "
+        f"batch (dead ReLUs; layers {_fmt_layers(layers)}). Re-initialize with He init "
+        "(traintech.init.kaiming_normal_) and zero biases, use LeakyReLU/GELU, or lower the "
+        "learning rate."
+    )
+    return [Finding("dead_units", message, layers, (sampled[0]["step"], sampled[-1]["step"]))]
+
+
+def _update_ratio(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    sampled = [r for r in records if r.get("update_ratio")][-10:]
+    weights = set(_weight_params(meta))
+    per_layer: dict[str, list[float]] = {}
+    for r in sampled:
+        for name, v in r["update_ratio"].items():
+            if name in weights and v is not None:
+                per_layer.setdefault(name, []).append(v)
+    if not per_layer:
+        return []
+    medians = {n: _median(v) for n, v in per_layer.items()}
+    overall = _median(list(medians.values()))
+    steps = (sampled[0]["step"], sampled[-1]["step"])
+    if overall > UPDATE_RATIO_HIGH:
+        layers = tuple(sorted((n for n in medians if medians[n] > UPDATE_RATIO_HIGH),
+                              key=lambda n: -medians[n]))
+        message = (
+            f"median update/weight ratio is {overall:.2g} (healthy: about 1e-3; layers "
+            f"{_fmt_layers(layers)}): each step moves the weights by a large fraction; the "
+            f"learning rate looks too high, try about x{1e-3 / overall:.2g} (or a warmup)."
+        )
+        return [Finding("update_ratio_high", message, layers, steps)]
+    if overall < UPDATE_RATIO_LOW:
+        layers = tuple(sorted((n for n in medians if medians[n] < UPDATE_RATIO_LOW),
+                              key=lambda n: medians[n]))
+        message = (
+            f"median update/weight ratio is {overall:.2g} (healthy: about 1e-3; layers "
+            f"{_fmt_layers(layers)}): the weights barely move; the learning rate looks too "
+            f"low, try about x{1e-3 / max(overall, 1e-300):.2g}, or check for vanishing "
+            "gradients."
+        )
+        return [Finding("update_ratio_low", message, layers, steps)]
+    return []
+
+
+def _nonfinite(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    events = [e for r in records for e in r.get("events", []) if e["kind"] == "nonfinite"]
+    if not events:
+        return []
+    first = events[0]
+    layers = (first["module"],) if first.get("module") else ()
+    message = (
+        f"{len(events)} step(s) with NaN/Inf; first at {first['message']}. Check the data "
+        "and that operation (add an eps to divisions, logs and square roots; compute it in "
+        "float32), lower the learning rate, and guard the step so non-finite updates are "
+        "skipped (traintech.clip guarded step)."
+    )
+    return [Finding("nonfinite", message, layers, (first["step"], events[-1]["step"]))]
+
+
+def _spikes(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    events = [e for r in records for e in r.get("events", [])
+              if e["kind"] in ("loss_spike", "grad_spike")]
+    if not events:
+        return []
+    loss = [e for e in events if e["kind"] == "loss_spike"]
+    grad = [e for e in events if e["kind"] == "grad_spike"]
+    shown = sorted({e["step"] for e in events})
+    steps_txt = ", ".join(str(s) for s in shown[:8]) + ("..." if len(shown) > 8 else "")
+    zmax = max((e["z"] for e in events if e.get("z") is not None), default=math.nan)
+    message = (
+        f"{len(loss)} loss spike(s) and {len(grad)} gradient-norm spike(s) (steps {steps_txt}; "
+        f"largest z = {zmax:.1f}). Use adaptive clipping (traintech.clip.ZClip or EMAClip), a "
+        "longer warmup or a lower peak learning rate; for spikes that persist, RollbackGuard "
+        "rewinds to the last good state and skips the batches."
+    )
+    return [Finding("spikes", message, (), (shown[0], shown[-1]))]
+
+
+def _clipping(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    clipped = [r for r in records if r.get("clip") and r["clip"].get("coef") is not None]
+    if len(clipped) < 10:
+        return []
+    frac = sum(r["clip"]["coef"] < 1.0 for r in clipped) / len(clipped)
+    if frac <= CLIPPED_FRACTION:
+        return []
+    norms = sorted(r["clip"]["norm"] for r in clipped if r["clip"].get("norm") is not None)
+    p90 = norms[int(0.9 * (len(norms) - 1))] if norms else math.nan
+    message = (
+        f"clipping scaled the gradients on {frac:.0%} of the steps: the threshold is below the "
+        f"typical norm, which silently lowers the learning rate. Raise it to about {p90:.3g} "
+        "(the 90th percentile of the norms) or use an adaptive threshold (QuantileClip, ZClip)."
+    )
+    return [Finding("clipping_saturated", message, (), (clipped[0]["step"], clipped[-1]["step"]))]
+
+
+_RULES = (_nonfinite, _exploding, _vanishing, _dead_units, _update_ratio, _spikes, _clipping)
+
+
+def diagnose(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    """Apply every rule to the logged ``records`` of a run described by ``meta``.
+
+    Args:
+        records: logged steps in order (``Monitor.history`` or the JSONL lines).
+        meta: the run description (``Monitor.meta``, the JSONL ``meta`` line).
+
+    Returns:
+        The findings, most severe rule first; empty when nothing looks wrong.
+    """
+    steps = [r for r in records if "step" in r]
+    findings: list[Finding] = []
+    for rule in _RULES:
+        findings += rule(steps, meta)
+    return findings
+
+
+def format_findings(findings: Sequence[Finding]) -> str:
+    """The findings as plain text, one paragraph each."""
+    if not findings:
+        return "No problems found: gradients, updates, activations and loss look healthy."
+    lines = [f"{len(findings)} problem(s) found:"]
+    for f in findings:
+        lines.append(f"- [{f.rule}] {f.message}")
+    return "\n".join(lines)

@@ -1,0 +1,508 @@
+"""The training-health monitor: one ``monitor.step()`` per optimizer step."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from traintech.clip._protocol import ClipResult
+from traintech.monitor._diagnosis import Finding, diagnose, format_findings
+from traintech.monitor._hooks import ActivationProbe, NonFiniteTracer
+from traintech.monitor._spikes import SpikeDetector
+from traintech.monitor._writers import (
+    CSV_NAME,
+    JSONL_NAME,
+    CsvWriter,
+    JsonlWriter,
+    TensorBoardWriter,
+    finite_or_none,
+    prepare_log_dir,
+    tensorboard_available,
+)
+
+
+class NonFiniteError(RuntimeError):
+    """Raised by :meth:`Monitor.step` (with ``raise_on_nonfinite=True``) at a NaN/Inf."""
+
+
+def _check_every(name: str, value: int | None, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        allowed = "an int >= 1 or None (off)" if allow_none else "an int >= 1"
+        raise ValueError(f"{name} ({value}) must be {allowed}")
+
+
+class Monitor:
+    r"""Watch a training run: gradient norms, update ratios, activations, spikes, NaN origins.
+
+    Call :meth:`step` once per optimizer step, **after** ``optimizer.step()`` and before
+    ``optimizer.zero_grad()``: the gradients are still there, and the update of this step has
+    been applied, so the update-to-weight ratio of this very step is known (a step pre-hook on
+    ``optimizer`` copies the parameters on sampled steps only). On each logged step (every
+    ``every`` steps) it computes
+
+    .. math::
+        \|g_p\|_2 \text{ for every parameter tensor } p \text{ (one torch.\_foreach\_norm)},
+        \qquad \|g\|_2 = \Big(\sum_p \|g_p\|_2^2\Big)^{1/2},
+        \qquad r_p = \frac{\|w_p^{(t)} - w_p^{(t-1)}\|_2}{\|w_p^{(t-1)}\|_2}
+
+    (:math:`r_p`, the actual change the optimizer made, i.e. :math:`\|\mathrm{lr}\cdot
+    \mathrm{update}\|/\|w\|`, every ``update_every`` steps), activation mean/std and
+    dead-unit fraction (every ``activation_every`` steps), the clip coefficient and threshold
+    of a :class:`traintech.clip.ClipResult`, and z-scores of the loss and gradient norm
+    against their EMA (:class:`SpikeDetector`). Everything is gathered in one tensor and moved
+    to the host once per logged step. Gradient norms are those seen at ``step()`` time, i.e.
+    after clipping; the clipper's pre-clip norm is logged as ``clip.norm`` and is the one
+    watched for spikes.
+
+    Non-finite values: a NaN/Inf loss or gradient becomes a ``nonfinite`` event naming the
+    parameters whose gradients are non-finite. With ``trace_nonfinite=True`` hooks on every
+    module name the first module, in forward order (else backward order), that produced the
+    NaN/Inf, at a fraction of the cost of ``torch.autograd.detect_anomaly`` (it then checks
+    every step, one small host transfer each).
+
+    Args:
+        model: the model being trained.
+        optimizer: its optimizer; needed for update-to-weight ratios.
+        log_dir: folder for ``monitor.jsonl`` (one line per logged step, flushed at once),
+            ``monitor.csv`` and TensorBoard event files; ``None`` keeps everything in memory.
+        every: log every ``every`` optimizer steps (>= 1). Default: 1.
+        update_every: sample update ratios every ``update_every`` steps (None: off). Default: 10.
+        activation_every: sample activation statistics every ``activation_every`` steps
+            (None: off). Default: 100.
+        trace_nonfinite: hook every module to locate the first NaN/Inf. Default: False.
+        raise_on_nonfinite: raise :class:`NonFiniteError` at a non-finite step. Default: False.
+        spike_z: z-score threshold of the spike detectors. Default: 4.0.
+        spike_alpha: EMA factor of the spike detectors. Default: 0.98.
+        spike_warmup: logged steps before spikes are scored. Default: 20.
+        history: logged steps kept in memory for :meth:`summary`. Default: 2000.
+        tensorboard: write TensorBoard events; None: when ``tensorboard`` is installed and
+            ``log_dir`` is set. Default: None.
+        csv: write ``monitor.csv`` when ``log_dir`` is set. Default: True.
+
+    Example:
+        >>> model = nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> mon = Monitor(model, opt)
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     loss = model(torch.ones(4, 3)).pow(2).mean()
+        ...     loss.backward()
+        ...     opt.step()
+        ...     rec = mon.step(loss=loss)
+        >>> sorted(rec["grad_norms"])
+        ['bias', 'weight']
+    """
+
+    _version: int = 1
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        log_dir: str | Path | None = None,
+        *,
+        every: int = 1,
+        update_every: int | None = 10,
+        activation_every: int | None = 100,
+        trace_nonfinite: bool = False,
+        raise_on_nonfinite: bool = False,
+        spike_z: float = 4.0,
+        spike_alpha: float = 0.98,
+        spike_warmup: int = 20,
+        history: int = 2000,
+        tensorboard: bool | None = None,
+        csv: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+            )
+        _check_every("every", every, allow_none=False)
+        _check_every("update_every", update_every, allow_none=True)
+        _check_every("activation_every", activation_every, allow_none=True)
+        _check_every("history", history, allow_none=False)
+        self.loss_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
+        self.grad_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
+        self.log_dir = None if log_dir is None else prepare_log_dir(log_dir)
+        if tensorboard and self.log_dir is not None and not tensorboard_available():
+            raise ImportError("tensorboard=True needs: pip install 'traintech[monitor]'")
+
+        self.model = model
+        self.optimizer = optimizer
+        self.every = every
+        self.update_every = update_every
+        self.activation_every = activation_every
+        self.raise_on_nonfinite = raise_on_nonfinite
+        self.step_count = 0
+        self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        self.events: deque[dict[str, Any]] = deque(maxlen=history)
+
+        self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        leaves = [(n or "<model>", m) for n, m in model.named_modules() if not any(m.children())]
+        self.meta: dict[str, Any] = {
+            "version": self._version,
+            "model": type(model).__name__,
+            "params": {n: [list(p.shape), p.numel()] for n, p in self._params},
+            "modules": {n: type(m).__name__ for n, m in leaves},
+            "every": every,
+            "update_every": update_every,
+            "activation_every": activation_every,
+            "started": time.time(),
+        }
+        self._probe = ActivationProbe(leaves)
+        self._tracer = NonFiniteTracer(model) if trace_nonfinite else None
+        self._opt_handles: list[RemovableHandle] = []
+        self._before: tuple[list[str], list[Tensor], list[Tensor]] | None = None
+        self._update: tuple[list[str], Tensor] | None = None
+        if optimizer is not None and update_every is not None:
+            by_id = {id(p): n for n, p in self._params}
+            self._opt_params = [
+                (by_id[id(p)], p) for g in optimizer.param_groups for p in g["params"]
+                if id(p) in by_id
+            ]
+            self._opt_handles.append(optimizer.register_step_pre_hook(self._pre_step))
+            self._opt_handles.append(optimizer.register_step_post_hook(self._post_step))
+
+        self._jsonl: JsonlWriter | None = None
+        self._csv: CsvWriter | None = None
+        self._tb: TensorBoardWriter | None = None
+        if self.log_dir is not None:
+            self._jsonl = JsonlWriter(self.log_dir / JSONL_NAME)
+            self._jsonl.write({"meta": self.meta})
+            if csv:
+                self._csv = CsvWriter(self.log_dir / CSV_NAME, self._csv_columns(leaves))
+            if tensorboard is None:
+                tensorboard = tensorboard_available()
+            if tensorboard:
+                self._tb = TensorBoardWriter(self.log_dir)
+        self._arm(self.step_count)
+
+    # -- sampling -------------------------------------------------------------------------
+    def _logged(self, t: int) -> bool:
+        return t % self.every == 0
+
+    def _sampled(self, t: int, k: int | None) -> bool:
+        return k is not None and self._logged(t) and t % k == 0
+
+    def _arm(self, t: int) -> None:
+        if self._sampled(t, self.activation_every):
+            self._probe.arm()
+
+    def _csv_columns(self, leaves: list[tuple[str, nn.Module]]) -> list[str]:
+        cols = ["step", "loss", "grad_norm", "loss_z", "grad_z"]
+        cols += ["clip_norm", "clip_coef", "clip_threshold", "clip_skip"]
+        cols += [f"grad_norm/{n}" for n, _ in self._params]
+        cols += [f"update_ratio/{n}" for n, _ in self._params]
+        for n, _ in leaves:
+            cols += [f"act_mean/{n}", f"act_std/{n}", f"act_dead/{n}"]
+        return cols
+
+    # -- optimizer hooks (update-to-weight ratio) ------------------------------------------
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._before = None
+        if not self._sampled(self.step_count, self.update_every):
+            return
+        names = [n for n, _ in self._opt_params]
+        params = [p.detach() for _, p in self._opt_params]
+        with torch.no_grad():
+            self._before = (names, params, list(torch._foreach_mul(params, 1.0)))
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._before is None:
+            return
+        names, params, before = self._before
+        self._before = None
+        with torch.no_grad():
+            diff = torch._foreach_sub(params, before)
+            upd = torch._foreach_norm(diff, 2, dtype=torch.float32)
+            w = torch._foreach_norm(before, 2, dtype=torch.float32)
+            dev = upd[0].device
+            self._update = (names, torch.cat([torch.stack(upd), torch.stack(w).to(dev)]))
+
+    # -- the step ---------------------------------------------------------------------------
+    def step(self, loss: Tensor | float | None = None, clip: ClipResult | None = None) -> (
+        dict[str, Any] | None
+    ):
+        """Record this optimizer step; call it after ``optimizer.step()``.
+
+        Args:
+            loss: the step's loss (a tensor is read with the other statistics, no extra sync).
+            clip: the :class:`traintech.clip.ClipResult` of this step's clipper, if any.
+
+        Returns:
+            The logged record (also written to the logs), or ``None`` on a step not logged.
+
+        Raises:
+            NonFiniteError: with ``raise_on_nonfinite=True``, when the loss or a gradient is
+                NaN/Inf; the message names the module where it started when traced.
+        """
+        if clip is not None and not isinstance(clip, ClipResult):
+            raise TypeError(f"clip must be a traintech.clip.ClipResult, got {type(clip).__name__}")
+        t = self.step_count
+        self.step_count += 1
+        if not self._logged(t):
+            self._update = None
+            self._arm(self.step_count)
+            if self._tracer is not None:
+                self._check_trace_only(self._tracer, t)
+            return None
+        record = self._gather(t, loss, clip)
+        self._arm(self.step_count)
+        self._finish(record)
+        return record
+
+    def _check_trace_only(self, tracer: NonFiniteTracer, t: int) -> None:
+        flags = tracer.stacked()
+        tracer.reset()
+        if flags is not None and bool(flags.any()):
+            record: dict[str, Any] = {"step": t, "events": []}
+            self._nonfinite_event(record, t, flags.cpu().tolist(), [], loss_bad=False)
+            self._finish(record)
+
+    def _gather(self, t: int, loss: Tensor | float | None, clip: ClipResult | None) -> (
+        dict[str, Any]
+    ):
+        with_grad = [(n, p.grad) for n, p in self._params if p.grad is not None]
+        pieces: list[Tensor] = []
+        device = with_grad[0][1].device if with_grad else torch.device("cpu")
+        if with_grad:
+            norms = torch._foreach_norm([g for _, g in with_grad], 2, dtype=torch.float32)
+            pieces.append(torch.stack([x.to(device) for x in norms]))
+        scalars: list[Tensor] = []
+        if isinstance(loss, Tensor):
+            scalars.append(loss.detach().reshape(()).float().to(device))
+        if clip is not None:
+            scalars += [
+                clip.norm.detach().float().reshape(()).to(device),
+                clip.coef.detach().float().reshape(()).to(device),
+                clip.threshold.detach().float().reshape(()).to(device),
+                clip.skip.detach().float().reshape(()).to(device),
+            ]
+        if scalars:
+            pieces.append(torch.stack(scalars))
+        update, self._update = self._update, None
+        if update is not None:
+            pieces.append(update[1].to(device))
+        act_names, act = self._probe.collect() if self._probe.armed else ([], None)
+        if act is not None:
+            pieces.append(act.reshape(-1).to(device))
+        trace = self._tracer.stacked() if self._tracer is not None else None
+        if trace is not None:
+            pieces.append(trace.to(device))
+        flat = torch.cat(pieces).cpu().tolist() if pieces else []
+
+        pos = 0
+        gnorms = flat[: len(with_grad)]
+        pos = len(with_grad)
+        record: dict[str, Any] = {"step": t}
+        if isinstance(loss, Tensor):
+            loss_v: float | None = flat[pos]
+            pos += 1
+        else:
+            loss_v = None if loss is None else float(loss)
+        total = math.sqrt(sum(x * x for x in gnorms)) if with_grad else None
+        record["loss"] = finite_or_none(loss_v)
+        record["grad_norm"] = finite_or_none(total)
+        watched = total
+        if clip is not None:
+            cnorm, coef, thr, skip = flat[pos : pos + 4]
+            pos += 4
+            record["clip"] = {
+                "norm": finite_or_none(cnorm),
+                "coef": finite_or_none(coef),
+                "threshold": finite_or_none(thr),
+                "skip": bool(skip),
+            }
+            watched = cnorm
+        names = [n for n, _ in with_grad]
+        record["grad_norms"] = {n: finite_or_none(v) for n, v in zip(names, gnorms, strict=True)}
+        if update is not None:
+            k = len(update[0])
+            upd, w = flat[pos : pos + k], flat[pos + k : pos + 2 * k]
+            pos += 2 * k
+            record["update_ratio"] = {
+                n: finite_or_none(u / wn if wn > 0 else math.inf)
+                for n, u, wn in zip(update[0], upd, w, strict=True)
+            }
+        if act is not None:
+            vals = flat[pos : pos + 3 * len(act_names)]
+            pos += 3 * len(act_names)
+            record["activations"] = {
+                n: {
+                    "mean": finite_or_none(vals[3 * i]),
+                    "std": finite_or_none(vals[3 * i + 1]),
+                    "dead": finite_or_none(vals[3 * i + 2]),
+                }
+                for i, n in enumerate(act_names)
+            }
+        trace_vals = flat[pos:]
+        record["events"] = []
+        if loss_v is not None:
+            spike, z = self.loss_spikes.update(loss_v)
+            record["loss_z"] = finite_or_none(z)
+            if spike and math.isfinite(loss_v):
+                self._event(record, "loss_spike", value=loss_v, z=z, ema=self.loss_spikes.mean)
+        if watched is not None:
+            spike, z = self.grad_spikes.update(watched)
+            record["grad_z"] = finite_or_none(z)
+            if spike and math.isfinite(watched):
+                self._event(record, "grad_spike", value=watched, z=z, ema=self.grad_spikes.mean)
+        bad_params = [n for n, v in zip(names, gnorms, strict=True) if not math.isfinite(v)]
+        loss_bad = loss_v is not None and not math.isfinite(loss_v)
+        if bad_params or loss_bad or any(v != 0.0 for v in trace_vals):
+            self._nonfinite_event(record, t, trace_vals, bad_params, loss_bad)
+        if self._tracer is not None:
+            self._tracer.reset()
+        return record
+
+    def _event(self, record: dict[str, Any], kind: str, **fields: Any) -> None:
+        event: dict[str, Any] = {"step": record["step"], "kind": kind}
+        for key, value in fields.items():
+            event[key] = finite_or_none(value) if isinstance(value, float) else value
+        record["events"].append(event)
+        self.events.append(event)
+
+    def _nonfinite_event(
+        self, record: dict[str, Any], t: int, trace_vals: list[float], bad_params: list[str],
+        loss_bad: bool,
+    ) -> None:
+        origin = self._tracer.origin(trace_vals) if self._tracer is not None else None
+        if origin is not None:
+            phase, module, message = origin
+        elif bad_params:
+            # Backward reaches the last parameters first: name the last one in model order.
+            phase, module = "gradient", bad_params[-1]
+            message = (
+                f"non-finite gradients in {len(bad_params)} parameter(s), first reached by "
+                f"backward: '{module}'; pass trace_nonfinite=True to name the module"
+            )
+        else:
+            phase, module = "loss", None
+            message = "the loss is non-finite" + ("" if loss_bad else " (traced)")
+        message = f"step {t}: {message}"
+        self._event(
+            record, "nonfinite", phase=phase, module=module, message=message,
+            params=bad_params[:20],
+        )
+
+    def _finish(self, record: dict[str, Any]) -> None:
+        """Keep ``record`` in memory and write it; raise if it holds a non-finite event."""
+        self.history.append(record)
+        if self._jsonl is not None:
+            self._jsonl.write(record)
+        if self._csv is not None or self._tb is not None:
+            row = _flatten(record)
+            if self._csv is not None:
+                self._csv.write(row)
+            if self._tb is not None:
+                row.pop("step", None)
+                self._tb.write(record["step"], row)
+        if self.raise_on_nonfinite:
+            for event in record["events"]:
+                if event["kind"] == "nonfinite":
+                    raise NonFiniteError(event["message"])
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Record an event from outside (e.g. a rollback) with the current step, and log it."""
+        record: dict[str, Any] = {"step": max(self.step_count - 1, 0), "events": []}
+        self._event(record, kind, **fields)
+        self._finish(record)
+
+    # -- results -----------------------------------------------------------------------------
+    def findings(self) -> list[Finding]:
+        """The diagnosis of the steps in memory, as structured findings."""
+        return diagnose(list(self.history), self.meta)
+
+    def summary(self) -> str:
+        """The diagnosis in plain words: what looks wrong and which technique addresses it."""
+        return format_findings(self.findings())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step counter, spike statistics, history and events (plain Python values)."""
+        return {
+            "_version": self._version,
+            "step_count": self.step_count,
+            "loss_spikes": self.loss_spikes.state_dict(),
+            "grad_spikes": self.grad_spikes.state_dict(),
+            "history": [dict(r) for r in self.history],
+            "events": [dict(e) for e in self.events],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (validated before anything changes)."""
+        version = state_dict.get("_version")
+        if version != self._version:
+            raise ValueError(
+                f"state_dict has _version {version!r}; Monitor expects {self._version}"
+            )
+        step_count = state_dict["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
+            raise ValueError(f"state_dict['step_count'] ({step_count!r}) must be an int >= 0")
+        loss_det = SpikeDetector()
+        loss_det.load_state_dict(state_dict["loss_spikes"])
+        grad_det = SpikeDetector()
+        grad_det.load_state_dict(state_dict["grad_spikes"])
+        self.loss_spikes, self.grad_spikes = loss_det, grad_det
+        self.step_count = step_count
+        self.history.clear()
+        self.history.extend(dict(r) for r in state_dict["history"])
+        self.events.clear()
+        self.events.extend(dict(e) for e in state_dict["events"])
+        self._probe.disarm()
+        self._arm(self.step_count)
+
+    def close(self) -> None:
+        """Remove every hook and close the log files."""
+        self._probe.disarm()
+        if self._tracer is not None:
+            self._tracer.remove()
+        for handle in self._opt_handles:
+            handle.remove()
+        self._opt_handles.clear()
+        for writer in (self._jsonl, self._csv, self._tb):
+            if writer is not None:
+                writer.close()
+        self._jsonl = self._csv = self._tb = None
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """A logged record as flat ``name -> number`` columns (CSV header names, TensorBoard tags)."""
+    row: dict[str, Any] = {
+        "step": record["step"],
+        "loss": record.get("loss"),
+        "grad_norm": record.get("grad_norm"),
+        "loss_z": record.get("loss_z"),
+        "grad_z": record.get("grad_z"),
+    }
+    clip = record.get("clip")
+    if clip:
+        for key in ("norm", "coef", "threshold"):
+            row[f"clip_{key}"] = clip[key]
+        row["clip_skip"] = float(clip["skip"])
+    for name, value in record.get("grad_norms", {}).items():
+        row[f"grad_norm/{name}"] = value
+    for name, value in record.get("update_ratio", {}).items():
+        row[f"update_ratio/{name}"] = value
+    for name, stats in record.get("activations", {}).items():
+        for key in ("mean", "std", "dead"):
+            row[f"act_{key}/{name}"] = stats[key]
+    return row

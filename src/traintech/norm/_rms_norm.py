@@ -1,0 +1,188 @@
+r"""RMS normalization (Zhang & Sennrich 2019): ``RMSNorm``, ``rms_norm`` and our autograd kernel.
+
+torch's CPU ``rms_norm`` is a composite of ~6 ops whose autograd graph keeps several full-size
+intermediates and walks the data many times (about 4x the time of torch's fused LayerNorm for
+the same shape). Ours is one ``torch.autograd.Function``: the forward computes ``rstd`` once per
+row (one reduction pass, in fp32 for half inputs) and writes the output with a single allocation;
+it saves only ``(x, rstd)``; the backward is the analytic gradient
+
+.. math::
+    \frac{\partial L}{\partial x} = r\, g - x\, \frac{r^3}{D} \sum_j g_j x_j,
+    \qquad g = \gamma \odot \frac{\partial L}{\partial y}, \qquad
+    \frac{\partial L}{\partial \gamma} = \sum_{\text{rows}} r\, x \odot
+    \frac{\partial L}{\partial y}
+
+computed with one full-size buffer that is reused in place for ``dx`` (allocating fresh pages
+costs about as much as a pass over the data on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, stat_dtype
+
+
+def default_rms_eps(dtype: torch.dtype) -> float:
+    """Torch's default RMSNorm eps: the machine epsilon of the computation dtype."""
+    return torch.finfo(stat_dtype(dtype)).eps
+
+
+def rms_forward(h2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``(y_in_stat_dtype, h_in_stat_dtype, rstd)`` for a 2-D ``(rows, D)`` input."""
+    hs = h2.to(stat_dtype(h2.dtype))
+    d = hs.shape[-1]
+    norm = torch.linalg.vector_norm(hs, dim=-1, keepdim=True)
+    rstd = torch.rsqrt(norm.square_().div_(d).add_(eps))
+    y = torch.mul(hs, rstd)
+    if weight is not None:
+        y.mul_(weight.reshape(-1).to(hs.dtype))
+    return y, hs, rstd
+
+
+def rms_backward(
+    gy2: Tensor, hs: Tensor, rstd: Tensor, weight: Tensor | None, need_weight_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Analytic RMSNorm backward on 2-D tensors: ``(dx in stat dtype, dweight or None)``."""
+    d = hs.shape[-1]
+    gys = gy2.to(hs.dtype)
+    buf = torch.mul(gys, hs)  # g_ij * x_ij: the one full-size buffer
+    dweight = None
+    if weight is not None:
+        ws = weight.reshape(-1).to(hs.dtype)
+        if need_weight_grad:
+            dweight = torch.mv(buf.t(), rstd.view(-1))
+        dot = torch.mv(buf, ws).unsqueeze(-1)  # sum_j gamma_j gy_ij x_ij
+        torch.mul(gys, ws, out=buf)
+        buf.mul_(rstd)
+    else:
+        dot = buf.sum(dim=-1, keepdim=True)
+        torch.mul(gys, rstd, out=buf)
+    coef = dot.mul_(rstd.pow(3)).div_(-d)
+    buf.addcmul_(hs, coef)
+    return buf, dweight
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, d: int, eps: float) -> Tensor:
+        x2 = x.reshape(-1, d)
+        y, _, rstd = rms_forward(x2, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.d = d
+        return y.to(x.dtype).view(x.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight, rstd = ctx.saved_tensors
+        hs = x.reshape(-1, ctx.d).to(stat_dtype(x.dtype))
+        need_w = weight is not None and ctx.needs_input_grad[1]
+        dx, dw = rms_backward(gy.reshape(-1, ctx.d), hs, rstd, weight, need_w)
+        dweight = None if dw is None else dw.to(weight.dtype).view(weight.shape)
+        return dx.to(x.dtype).view(x.shape), dweight, None, None
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    r"""RMS normalization over the last ``len(normalized_shape)`` dims (torch's signature).
+
+    .. math::
+        y = \frac{x}{\sqrt{\frac{1}{D}\sum_{j=1}^{D} x_j^2 + \epsilon}} \odot \gamma
+
+    ``eps=None`` uses ``torch.finfo`` of the computation dtype (fp32 for half inputs), as torch.
+    Statistics and the normalization are computed in fp32 for half inputs and cast back.
+    Paper: Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
+
+    Args:
+        input: ``(*, *normalized_shape)`` tensor.
+        normalized_shape: trailing shape to normalize over.
+        weight: elementwise scale of shape ``normalized_shape`` or None.
+        eps: added to the mean square, > 0, or None for the dtype's machine epsilon.
+
+    Returns:
+        The normalized tensor, same shape and dtype as ``input``.
+
+    Example:
+        >>> rms_norm(torch.tensor([[3.0, 4.0]]), (2,), eps=1e-6).tolist()
+        [[0.8485..., 1.1313...]]
+    """
+    shape = as_shape(normalized_shape)
+    check_trailing_shape(input, shape, "rms_norm")
+    eps = default_rms_eps(input.dtype) if eps is None else check_eps(eps)
+    return _RMSNormFunction.apply(input, weight, math.prod(shape), eps)
+
+
+class RMSNorm(nn.Module):
+    r"""RMS normalization, drop-in for ``torch.nn.RMSNorm`` (same arguments and state_dict).
+
+    .. math::
+        y = \frac{x}{\sqrt{\frac{1}{D}\sum_{j=1}^{D} x_j^2 + \epsilon}} \odot \gamma
+
+    over the last ``len(normalized_shape)`` dims (:math:`D` values), identical in training and
+    eval; our own forward and backward (saves only the input and one ``rstd`` per row).
+    Paper: https://arxiv.org/abs/1910.07467.
+
+    Args:
+        normalized_shape: trailing shape to normalize over (an int means the last dim).
+        eps: added to the mean square, > 0; None uses ``torch.finfo`` of the computation dtype.
+        elementwise_affine: learn an elementwise scale :math:`\gamma`.
+        device: device of the weight.
+        dtype: dtype of the weight.
+
+    Example:
+        >>> RMSNorm(2, eps=1e-6)(torch.tensor([[3.0, 4.0]])).tolist()
+        [[0.8485..., 1.1313...]]
+    """
+
+    normalized_shape: tuple[int, ...]
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        shape = as_shape(normalized_shape)
+        if eps is not None:
+            check_eps(eps)
+        super().__init__()
+        self.normalized_shape = shape
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.weight: nn.Parameter | None
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight to 1."""
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Normalize ``input`` by its root mean square over the trailing dims."""
+        check_trailing_shape(input, self.normalized_shape, "RMSNorm")
+        eps = default_rms_eps(input.dtype) if self.eps is None else self.eps
+        return _RMSNormFunction.apply(input, self.weight, math.prod(self.normalized_shape), eps)
+
+    def extra_repr(self) -> str:
+        """Same text as torch's."""
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}"
+        )
