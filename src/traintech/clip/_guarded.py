@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._distributed import all_ranks_any
 from traintech.clip._compat import record_scaler_found_inf, scaler_scale
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
@@ -199,6 +200,16 @@ class GuardedStep:
             return self.clipper.measure(grads)
         return total_norm(grads, 2.0)
 
+    @staticmethod
+    def _agreed(norm: Tensor) -> Tensor:
+        """``norm``, or NaN on every rank when any rank of the default group has a non-finite one.
+
+        Under DDP a NaN produced after the gradient all-reduce exists on one rank only; one tiny
+        all-reduce of the flag makes every rank skip together (a no-op without a process group).
+        """
+        bad = all_ranks_any(~torch.isfinite(norm))
+        return torch.where(bad.to(norm.device), torch.full_like(norm, torch.nan), norm)
+
     def _active_scaler(self) -> torch.amp.GradScaler | None:
         if self.scaler is not None and self.scaler.is_enabled():
             return self.scaler
@@ -208,7 +219,7 @@ class GuardedStep:
         scaler = self._active_scaler()
         if scaler is not None:
             scaler.unscale_(self.optimizer)
-        norm = self._measure(grads)
+        norm = self._agreed(self._measure(grads))
         finite = bool(torch.isfinite(norm))
         skip = not finite or (self.max_norm_skip is not None and float(norm) > self.max_norm_skip)
         result: ClipResult | None = None
@@ -231,7 +242,7 @@ class GuardedStep:
 
     def _fused_step(self, grads: list[Tensor]) -> StepReport:
         scaler = self._active_scaler()
-        raw = self._measure(grads)
+        raw = self._agreed(self._measure(grads))
         device = raw.device
         amp_scale = None if scaler is None else scaler_scale(scaler).to(device)
         norm = raw if amp_scale is None else raw / amp_scale.to(raw.dtype)
