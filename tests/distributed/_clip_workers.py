@@ -42,11 +42,17 @@ METHODS = [
 ]
 
 
-def make_model() -> nn.Module:
-    """Odd widths, so FSDP2's dim-0 shards are uneven (9 rows -> 5 + 4, 3 rows -> 2 + 1)."""
+def widths(mode: str) -> tuple[int, int]:
+    """Hidden widths: odd for data parallel, so FSDP2's dim-0 shards are uneven (9 rows -> 5 + 4,
+    3 rows -> 2 + 1); even for tensor parallel (torch's TP layers need even splits)."""
+    return (8, 6) if mode == "tp" else (9, 5)
+
+
+def make_model(hidden: tuple[int, int]) -> nn.Module:
     torch.manual_seed(0)
+    h1, h2 = hidden
     return nn.Sequential(
-        nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 5), nn.Tanh(), nn.Linear(5, 3)
+        nn.Linear(6, h1), nn.Tanh(), nn.Linear(h1, h2), nn.Tanh(), nn.Linear(h2, 3)
     ).double()
 
 
@@ -78,6 +84,17 @@ def _wrap(model: nn.Module, mode: str) -> nn.Module:
 
         fully_shard(model[0])
         fully_shard(model)
+    if mode == "tp":  # tensor parallel: column-wise then row-wise Linear, the head replicated
+        import torch.distributed as dist
+        from torch.distributed.tensor import init_device_mesh
+        from torch.distributed.tensor.parallel import (
+            ColwiseParallel,
+            RowwiseParallel,
+            parallelize_module,
+        )
+
+        mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+        parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
     return model
 
 
@@ -94,15 +111,22 @@ def _inject_nan(model: nn.Module, rank: int) -> None:
 
 
 def train(
-    method: str, mode: str, rank: int, world_size: int, steps: int, nan_step: int = -1
+    method: str,
+    mode: str,
+    rank: int,
+    world_size: int,
+    steps: int,
+    nan_step: int = -1,
+    hidden: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    model = make_model()
+    model = make_model(hidden or widths(mode))
     net = _wrap(model, mode)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     clipper = _clipper(method)
     guard = GuardedStep(opt, clipper) if method.startswith("guarded") else None
     per_rank = GLOBAL_BATCH // world_size
-    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    # data parallel: this rank's slice of the batch; tensor parallel: every rank the whole batch
+    mine = slice(None) if mode == "tp" else slice(rank * per_rank, (rank + 1) * per_rank)
     norms, skipped, clipped = [], [], []
     for step in range(steps):
         x, y = data(step)
