@@ -26,7 +26,7 @@ from traintech.clip import (
     clip_grad_norm_per_layer_,
 )
 
-GLOBAL_BATCH = 8
+GLOBAL_BATCH = 12  # divisible by 2 and 3 ranks
 METHODS = [
     "clip_grad_norm_",
     "clip_grad_norm_inf",
@@ -39,6 +39,7 @@ METHODS = [
     "ZClip",
     "AGC",
     "guarded_ZClip",
+    "guarded_fused_NormClip",
 ]
 
 
@@ -72,6 +73,7 @@ def _clipper(method: str) -> Any:
         "QuantileClip": lambda: QuantileClip(quantile=0.5, window=4),
         "ZClip": lambda: ZClip(alpha=0.9, z_thresh=1.5, warmup_steps=3),
         "guarded_ZClip": lambda: ZClip(alpha=0.9, z_thresh=1.5, warmup_steps=3),
+        "guarded_fused_NormClip": lambda: NormClip(0.5),
         "AGC": lambda: AGC(clip_factor=0.05),
     }.get(method, lambda: None)()
 
@@ -121,13 +123,16 @@ def train(
 ) -> dict[str, Any]:
     model = make_model(hidden or widths(mode))
     net = _wrap(model, mode)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    if "fused" in method:  # GuardedStep folds the coefficient into the fused step
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5, fused=True)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
     clipper = _clipper(method)
     guard = GuardedStep(opt, clipper) if method.startswith("guarded") else None
     per_rank = GLOBAL_BATCH // world_size
     # data parallel: this rank's slice of the batch; tensor parallel: every rank the whole batch
     mine = slice(None) if mode == "tp" else slice(rank * per_rank, (rank + 1) * per_rank)
-    norms, skipped, clipped = [], [], []
+    norms, skipped, clipped, fused = [], [], [], []
     for step in range(steps):
         x, y = data(step)
         loss = ((net(x[mine]) - y[mine]) ** 2).mean()
@@ -140,6 +145,7 @@ def train(
             norms.append(report.norm.clone())
             skipped.append(bool(report.skipped))
             clipped.append(bool(report.coef < 1))
+            fused.append(report.fused)
             continue
         if method == "clip_grad_norm_":
             norm = clip_grad_norm_(model.parameters(), 0.5)
@@ -170,6 +176,7 @@ def train(
         "norms": norms,
         "skipped": skipped,
         "clipped": clipped,
+        "fused": fused,
         "guard": None if guard is None else guard.state_dict(),
     }
 

@@ -23,10 +23,21 @@ _spec.loader.exec_module(W)
 STEPS = 8
 NAN_STEP = 4
 MODES = ["ddp", "fsdp2", "tp"]
-RUNS = [{"method": m, "mode": mode, "steps": STEPS} for mode in MODES for m in W.METHODS]
+# torch's fused optimizers have no DTensor sharding rule (NotImplementedError for
+# aten._fused_sgd_), so the fused guarded step runs under DDP only.
+PAIRS = [(m, mode) for mode in MODES for m in W.METHODS if "fused" not in m or mode == "ddp"]
+RUNS = [{"method": m, "mode": mode, "steps": STEPS} for m, mode in PAIRS]
+NAN_PAIRS = [
+    ("guarded_ZClip", "ddp"),
+    ("guarded_ZClip", "fsdp2"),
+    ("guarded_fused_NormClip", "ddp"),
+]
 NAN_RUNS = [
-    {"method": "guarded_ZClip", "mode": mode, "steps": STEPS, "nan_step": NAN_STEP}
-    for mode in ("ddp", "fsdp2")
+    {"method": m, "mode": mode, "steps": STEPS, "nan_step": NAN_STEP} for m, mode in NAN_PAIRS
+]
+THREE_PAIRS = [(m, "fsdp2") for m in ("clip_grad_norm_", "per_layer", "ZClip", "AGC")]
+THREE_RUNS = [{"method": m, "mode": mode, "steps": STEPS} for m, mode in THREE_PAIRS] + [
+    {"method": "guarded_ZClip", "mode": "fsdp2", "steps": STEPS, "nan_step": NAN_STEP}
 ]
 
 
@@ -38,6 +49,16 @@ def two_ranks(run_ranks: Any) -> dict[tuple[str, str, bool], list[dict[str, Any]
     return {
         (run["method"], run["mode"], "nan_step" in run): [r[i] for r in per_rank]
         for i, run in enumerate(runs)
+    }
+
+
+@pytest.fixture(scope="module")
+def three_ranks(run_ranks: Any) -> dict[tuple[str, str, bool], list[dict[str, Any]]]:
+    """FSDP2 over 3 ranks: shards of 9 rows (3+3+3), 5 (2+2+1), 3 (1+1+1)."""
+    per_rank = run_ranks("_clip_workers:suite", 3, timeout=120, runs=THREE_RUNS)
+    return {
+        (run["method"], run["mode"], "nan_step" in run): [r[i] for r in per_rank]
+        for i, run in enumerate(THREE_RUNS)
     }
 
 
@@ -71,39 +92,60 @@ def _close(actual: Any, expected: Any) -> None:
         assert actual == expected
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("method", W.METHODS)
-def test_training_equals_single_process(
-    two_ranks: dict[Any, list[dict[str, Any]]], method: str, mode: str
-) -> None:
-    ranks = two_ranks[(method, mode, False)]
+def _check_training(ranks: list[dict[str, Any]], method: str, mode: str) -> None:
     reference = W.train(method, "single", 0, 1, steps=STEPS, hidden=W.widths(mode))
-    # the reference must clip on some steps and not others (else the test proves little)
+    # the reference must clip on some steps (else the test proves little)
     assert any(reference["clipped"]), reference["clipped"]
     for r in ranks:
         assert r["clipped"] == reference["clipped"]
+        assert r["fused"] == reference["fused"]
         _close(r["params"], reference["params"])
         _close(r["norms"], reference["norms"])
         _close(r["state"], reference["state"])
     # identical decisions: the clipper's state is the same, bit for bit, on every rank
-    assert _same(ranks[0]["state"], ranks[1]["state"])
-    assert _same(ranks[0]["norms"], ranks[1]["norms"])
+    for r in ranks[1:]:
+        assert _same(ranks[0]["state"], r["state"])
+        assert _same(ranks[0]["norms"], r["norms"])
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_nan_on_one_rank_makes_every_rank_skip(
-    two_ranks: dict[Any, list[dict[str, Any]]], mode: str
-) -> None:
-    ranks = two_ranks[("guarded_ZClip", mode, True)]
+def _check_nan_skip(ranks: list[dict[str, Any]], method: str) -> None:
     expected_skips = [step == NAN_STEP for step in range(STEPS)]
     for r in ranks:
         assert r["skipped"] == expected_skips
         assert r["guard"]["skipped"] == 1
         assert torch.isnan(r["norms"][NAN_STEP])
-    assert _same(ranks[0]["params"], ranks[1]["params"])
-    assert _same(ranks[0]["guard"], ranks[1]["guard"])
+    for r in ranks[1:]:
+        assert _same(ranks[0]["params"], r["params"])
+        assert _same(ranks[0]["guard"], r["guard"])
     # and the run equals one process that skipped the same step
-    reference = W.train("guarded_ZClip", "single", 0, 1, steps=STEPS, nan_step=NAN_STEP)
+    reference = W.train(method, "single", 0, 1, steps=STEPS, nan_step=NAN_STEP)
     assert reference["skipped"] == expected_skips
     _close(ranks[0]["params"], reference["params"])
     _close(ranks[0]["state"], reference["state"])
+
+
+@pytest.mark.parametrize(("method", "mode"), PAIRS, ids=[f"{m}-{mode}" for m, mode in PAIRS])
+def test_training_equals_single_process(
+    two_ranks: dict[Any, list[dict[str, Any]]], method: str, mode: str
+) -> None:
+    _check_training(two_ranks[(method, mode, False)], method, mode)
+
+
+@pytest.mark.parametrize(("method", "mode"), NAN_PAIRS, ids=[f"{m}-{d}" for m, d in NAN_PAIRS])
+def test_nan_on_one_rank_makes_every_rank_skip(
+    two_ranks: dict[Any, list[dict[str, Any]]], method: str, mode: str
+) -> None:
+    _check_nan_skip(two_ranks[(method, mode, True)], method)
+
+
+@pytest.mark.parametrize(("method", "mode"), THREE_PAIRS, ids=[m for m, _ in THREE_PAIRS])
+def test_three_ranks_fsdp2_equals_single_process(
+    three_ranks: dict[Any, list[dict[str, Any]]], method: str, mode: str
+) -> None:
+    _check_training(three_ranks[(method, mode, False)], method, mode)
+
+
+def test_three_ranks_nan_on_last_rank_makes_every_rank_skip(
+    three_ranks: dict[Any, list[dict[str, Any]]],
+) -> None:
+    _check_nan_skip(three_ranks[("guarded_ZClip", "fsdp2", True)], "guarded_ZClip")
