@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._distributed import all_ranks_any
 from traintech.clip._compat import record_scaler_found_inf, scaler_scale
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
@@ -188,17 +189,39 @@ class GuardedStep:
                 "the optimizer's parameters have no gradients: call GuardedStep.step() after "
                 "loss.backward()"
             )
-        use_fold = self.fold and all(
-            p in self.optimizer.state for p in params if p.grad is not None
-        )
+        use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
         self._count(report)
         return report
+
+    def _state_ready(self, params: list[Tensor]) -> bool:
+        """Whether a skipped fused step would leave the optimizer state exactly as it is.
+
+        On its first step a fused optimizer creates its state (moments, momentum buffers) even
+        when ``found_inf`` makes the kernel skip the update, so that step takes the plain path.
+        Momentum-free SGD has no state at all.
+        """
+        opt = self.optimizer
+        if isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0 for g in opt.param_groups):
+            return True
+        return all(p in opt.state for p in params if p.grad is not None)
 
     def _measure(self, grads: list[Tensor]) -> Tensor:
         if self.clipper is not None:
             return self.clipper.measure(grads)
         return total_norm(grads, 2.0)
+
+    @staticmethod
+    def _agreed(norm: Tensor) -> Tensor:
+        """``norm``, or NaN on every rank when any rank of the default group has a non-finite one.
+
+        Under DDP a NaN produced after the gradient all-reduce exists on one rank only; one tiny
+        all-reduce of the flag makes every rank skip together (a no-op without a process group).
+        """
+        finite = torch.isfinite(norm)
+        bad = all_ranks_any(~finite).to(norm.device)
+        # A rank's own non-finite norm is kept as it is; a finite one becomes NaN.
+        return torch.where(bad & finite, torch.full_like(norm, torch.nan), norm)
 
     def _active_scaler(self) -> torch.amp.GradScaler | None:
         if self.scaler is not None and self.scaler.is_enabled():
@@ -209,7 +232,7 @@ class GuardedStep:
         scaler = self._active_scaler()
         if scaler is not None:
             scaler.unscale_(self.optimizer)
-        norm = self._measure(grads)
+        norm = self._agreed(self._measure(grads))
         finite = bool(torch.isfinite(norm))
         skip = not finite or (self.max_norm_skip is not None and float(norm) > self.max_norm_skip)
         result: ClipResult | None = None
@@ -232,7 +255,7 @@ class GuardedStep:
 
     def _fused_step(self, grads: list[Tensor]) -> StepReport:
         scaler = self._active_scaler()
-        raw = self._measure(grads)
+        raw = self._agreed(self._measure(grads))
         device = raw.device
         amp_scale = None if scaler is None else scaler_scale(scaler).to(device)
         norm = raw if amp_scale is None else raw / amp_scale.to(raw.dtype)

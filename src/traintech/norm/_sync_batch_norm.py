@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from traintech.norm._batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "sync_batch_norm"]
 
 
@@ -192,7 +194,7 @@ def sync_batch_norm(
     return y
 
 
-class SyncBatchNorm(nn.Module):
+class SyncBatchNorm(_BatchNorm):
     r"""BatchNorm whose batch statistics are reduced across the processes of a group.
 
     A drop-in for :class:`torch.nn.SyncBatchNorm` (same constructor arguments, ``state_dict`` keys
@@ -234,11 +236,6 @@ class SyncBatchNorm(nn.Module):
         (tensor([0.2000]), tensor([1.1000]))
     """
 
-    _version = 2
-    num_batches_tracked: Tensor | None
-    running_mean: Tensor | None
-    running_var: Tensor | None
-
     def __init__(
         self,
         num_features: int,
@@ -252,90 +249,10 @@ class SyncBatchNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        if isinstance(num_features, bool) or not isinstance(num_features, int):
-            raise TypeError(
-                f"num_features must be an int, got {type(num_features).__name__} ({num_features!r})"
-            )
-        if num_features <= 0:
-            raise ValueError(f"num_features must be positive, got {num_features}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-        super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
         self.process_group = process_group
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """Set the running mean to 0, the running variance to 1 and the batch counter to 0."""
-        if self.running_mean is not None and self.running_var is not None:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics; the weight to 1 and the bias to 0."""
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        """Same text as torch's BatchNorm layers."""
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # Checkpoints before version 2 (torch's numbering) have no num_batches_tracked.
-        version = local_metadata.get("version")
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats:
-            if key not in state_dict:
-                state_dict[key] = torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def _check_input(self, input: Tensor) -> None:
         if input.dim() < 2:
@@ -351,12 +268,8 @@ class SyncBatchNorm(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         """Normalize ``input`` of shape ``(N, C, *)``."""
         self._check_input(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked.item())
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        factor = self._blend_factor()
+        use_batch_stats = self._use_batch_stats()
         track = not self.training or self.track_running_stats
         return sync_batch_norm(
             input,
@@ -376,17 +289,16 @@ class SyncBatchNorm(nn.Module):
         return convert_sync_batchnorm(module, process_group)
 
 
-def _convertible_types() -> tuple[type, ...]:
-    """BatchNorm classes that :func:`convert_sync_batchnorm` replaces."""
-    types: list[type] = [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm]
-    from traintech import norm
-
-    types += [
-        getattr(norm, name)
-        for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
-        if isinstance(getattr(norm, name, None), type)
-    ]
-    return tuple(types)
+#: BatchNorm classes that :func:`convert_sync_batchnorm` replaces (exact types).
+CONVERTIBLE: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+)
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
@@ -413,7 +325,7 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if type(module) in _convertible_types():
+    if type(module) in CONVERTIBLE:
         return _convert_one(module, process_group)
     for name, child in module.named_children():
         new_child = convert_sync_batchnorm(child, process_group)
