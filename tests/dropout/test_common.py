@@ -8,6 +8,8 @@ from torch import nn
 
 import traintech.dropout as D
 
+from _helpers import assert_close_to_f64
+
 # (factory(generator) -> module, input shape)
 LAYERS = {
     "Dropout": (lambda g: D.Dropout(0.3, generator=g), (4, 5, 6)),
@@ -87,3 +89,18 @@ def test_public_names_sorted_and_reachable() -> None:
     for name in D.__all__:
         assert getattr(D, name) is not None
     assert D.functional.drop_path is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_low_precision_and_double(name: str, dtype: torch.dtype) -> None:
+    make, shape = LAYERS[name]
+    layer = make(torch.Generator().manual_seed(0)).to(dtype).train()
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1)).add_(0.5).to(dtype)
+    y = layer(x)
+    assert y.dtype == dtype
+    assert torch.isfinite(y).all()
+    if name in ("Dropout", "Dropout-low_memory", "DropPath"):
+        # kept entries are x / (1 - p) within the dtype's tolerance
+        keep = y != 0
+        assert_close_to_f64(y[keep], x.double()[keep] / 0.7, dtype=dtype)
