@@ -14,7 +14,7 @@ from _helpers import assert_close_to_f64
 LAYERS = {
     "Dropout": (lambda g: D.Dropout(0.3, generator=g), (4, 5, 6)),
     "Dropout-original": (lambda g: D.Dropout(0.3, mode="original", generator=g), (4, 5, 6)),
-    "Dropout-low_memory": (lambda g: D.Dropout(0.3, low_memory=True, generator=g), (64, 1024)),
+    "Dropout-low_memory": (lambda g: D.Dropout(0.3, low_memory=True, generator=g), (128, 1024)),
     "Dropout1d": (lambda g: D.Dropout1d(0.3, generator=g), (4, 5, 6)),
     "Dropout2d": (lambda g: D.Dropout2d(0.3, generator=g), (4, 5, 6, 3)),
     "Dropout3d": (lambda g: D.Dropout3d(0.3, generator=g), (4, 5, 2, 3, 3)),

@@ -17,7 +17,7 @@ from traintech.dropout._kernel import FAST_MIN_NUMEL
 from _helpers import assert_close_to_f64
 
 SMALL = (16, 32)  # torch.rand path
-LARGE = (64, 1024)  # bit-sliced CPU path (>= FAST_MIN_NUMEL elements)
+LARGE = (128, 1024)  # bit-sliced CPU path (>= FAST_MIN_NUMEL elements)
 assert math.prod(LARGE) >= FAST_MIN_NUMEL > math.prod(SMALL)
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from traintech.dropout._checks import keep_mask, resolve_generator
 
 #: Smallest CPU tensor that takes the bit-sliced path (below it Python overhead dominates).
-FAST_MIN_NUMEL = 1 << 15
+FAST_MIN_NUMEL = 1 << 17
 
 #: Bits of ``p`` the bit-sliced comparison uses (drop probability exact to 2**-PRECISION).
 PRECISION = 32
