@@ -188,12 +188,22 @@ class GuardedStep:
                 "the optimizer's parameters have no gradients: call GuardedStep.step() after "
                 "loss.backward()"
             )
-        use_fold = self.fold and all(
-            p in self.optimizer.state for p in params if p.grad is not None
-        )
+        use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
         self._count(report)
         return report
+
+    def _state_ready(self, params: list[Tensor]) -> bool:
+        """Whether a skipped fused step would leave the optimizer state exactly as it is.
+
+        On its first step a fused optimizer creates its state (moments, momentum buffers) even
+        when ``found_inf`` makes the kernel skip the update, so that step takes the plain path.
+        Momentum-free SGD has no state at all.
+        """
+        opt = self.optimizer
+        if isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0 for g in opt.param_groups):
+            return True
+        return all(p in opt.state for p in params if p.grad is not None)
 
     def _measure(self, grads: list[Tensor]) -> Tensor:
         if self.clipper is not None:
