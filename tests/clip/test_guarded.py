@@ -300,3 +300,28 @@ def test_step_without_gradients_and_bad_state_dict():
         guard.load_state_dict({**sd, "_version": 0})
     with pytest.raises(ValueError, match="clipper"):
         GuardedStep(torch.optim.SGD(model.parameters(), lr=0.1)).load_state_dict(sd)
+
+
+class RecordingNormClip(NormClip):
+    """NormClip that records every norm decide() is given."""
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__(max_norm)
+        self.seen: list[float] = []
+
+    def decide(self, norm: Tensor) -> ClipResult:
+        self.seen.append(float(norm))
+        return super().decide(norm)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_decide_never_sees_a_non_finite_norm(fused):
+    model = _model()
+    clipper = RecordingNormClip(0.5)
+    guard = GuardedStep(torch.optim.AdamW(model.parameters(), fused=fused), clipper)
+    for step in range(4):
+        _backward(model, scale=float("inf") if step == 2 else 1.0)
+        report = guard.step()
+        assert bool(report.skipped) == (step == 2)
+    assert all(math.isfinite(v) for v in clipper.seen)
+    assert guard.steps_skipped == 1
