@@ -167,3 +167,60 @@ def test_fused_layers_share_state_dict_with_plain_layers(seed):
     ln = nn.LayerNorm(8)
     fln = tn.FusedAddLayerNorm(8)
     fln.load_state_dict(ln.state_dict(), strict=True)
+
+
+@pytest.mark.slow
+def test_rms_norm_and_fused_add_work_under_torch_compile(seed):
+    torch._dynamo.reset()
+    layer, fused = tn.RMSNorm(8), tn.FusedAddRMSNorm(8)
+    x = torch.randn(2, 3, 8, generator=seed, requires_grad=True)
+    r = torch.randn(2, 3, 8, generator=seed)
+    y = torch.compile(layer, backend="aot_eager")(x)
+    y.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    layer(x).sum().backward()
+    torch.testing.assert_close(y, layer(x))
+    torch.testing.assert_close(gx, x.grad)
+    yf, hf = torch.compile(fused, backend="aot_eager")(x, r)
+    y2, h2 = fused(x, r)
+    torch.testing.assert_close(yf, y2)
+    torch.testing.assert_close(hf, h2)
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_under_cpu_autocast_matches_torch(dtype, seed):
+    x = torch.randn(4, 64, generator=seed).to(dtype).requires_grad_()
+    ours, theirs = tn.RMSNorm(64), nn.RMSNorm(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = ours(x), theirs(x)
+    assert ya.dtype == yb.dtype
+    torch.testing.assert_close(ya, yb)
+    ga = torch.autograd.grad(ya.float().sum(), [x, ours.weight])
+    gb = torch.autograd.grad(yb.float().sum(), [x, theirs.weight])
+    for a, b in zip(ga, gb, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_blocked_cpu_backward_equals_single_block(affine, seed, monkeypatch):
+    import traintech.norm._rms_norm as rms_module
+
+    x = torch.randn(11, 16, generator=seed, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(16, generator=seed, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(11, 16, generator=seed, dtype=torch.float64)
+    weight = w if affine else None
+    grads = []
+    for block_bytes in (1 << 30, 3 * 16 * 8):  # one block; blocks of 3 rows (11 = 3+3+3+2)
+        monkeypatch.setattr(rms_module, "_CPU_BLOCK_BYTES", block_bytes)
+        inputs = [x, w] if affine else [x]
+        grads.append(torch.autograd.grad(F.rms_norm(x, (16,), weight, 1e-5), inputs, g))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    xr = x.detach().requires_grad_()
+    wr = w.detach().requires_grad_() if affine else None
+    ref = torch.autograd.grad(ref_rms_norm(xr, 1, wr, 1e-5), [xr] + ([wr] if affine else []), g)
+    for a, b in zip(grads[1], ref, strict=True):
+        assert_close_to_f64(a, b)

@@ -89,6 +89,7 @@ class GuardedStep:
             ``fold=True`` where folding is impossible.
 
     Example:
+        >>> from traintech.clip import NormClip
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> guard = GuardedStep(opt, NormClip(1.0))

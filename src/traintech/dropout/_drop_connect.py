@@ -94,11 +94,14 @@ class DropConnect(nn.Module):
         self.p = p
         self.mode = mode
         self.generator = generator
-        hook = getattr(self, "register_state_dict_post_hook", None)
-        if hook is None:  # torch < 2.5
-            hook = self._register_state_dict_hook
-        hook(_strip_prefix)
-        self.register_load_state_dict_pre_hook(_add_prefix)
+        save_hook = getattr(self, "register_state_dict_post_hook", None)
+        if save_hook is None:  # older torch: the same hook through the private name
+            save_hook = self._register_state_dict_hook
+        save_hook(_strip_prefix)
+        if hasattr(self, "register_load_state_dict_pre_hook"):
+            self.register_load_state_dict_pre_hook(_add_prefix)
+        else:  # older torch
+            self._register_load_state_dict_pre_hook(_add_prefix, with_module=True)
 
     def extra_repr(self) -> str:
         """``p`` and a non-default ``mode``."""

@@ -25,20 +25,25 @@ class MCResult:
     Attributes:
         mean: mean prediction over the samples (class probabilities for classification).
         std: standard deviation over the samples (``correction=0``), same shape as ``mean``.
-        entropy: classification only: predictive entropy :math:`H[\bar p]` in nats (total
+        predictive_entropy: classification only: :math:`H[\bar p]` in nats (total
             uncertainty), one value per prediction (class dimension reduced).
         expected_entropy: classification only: :math:`\frac1T\sum_t H[p_t]` (aleatoric).
-        mutual_information: classification only: ``entropy - expected_entropy`` (epistemic,
-            BALD), clamped at 0.
+        mutual_information: classification only: ``predictive_entropy - expected_entropy``
+            (epistemic, BALD), clamped at 0.
         samples: the ``(n_samples, *output)`` predictions if ``return_samples=True``.
     """
 
     mean: Tensor
     std: Tensor
-    entropy: Tensor | None = None
+    predictive_entropy: Tensor | None = None
     expected_entropy: Tensor | None = None
     mutual_information: Tensor | None = None
     samples: Tensor | None = None
+
+    @property
+    def entropy(self) -> Tensor | None:
+        """Same as :attr:`predictive_entropy` (the total uncertainty)."""
+        return self.predictive_entropy
 
 
 @contextlib.contextmanager
@@ -188,13 +193,12 @@ def mc_predict(
     dim = class_dim if class_dim < 0 else class_dim + 1
     probs = torch.softmax(samples, dim=dim)
     mean = probs.mean(0)
-    out_dim = class_dim if class_dim >= 0 else class_dim
-    entropy = -torch.special.xlogy(mean, mean).sum(out_dim)
+    entropy = -torch.special.xlogy(mean, mean).sum(class_dim)
     expected = -torch.special.xlogy(probs, probs).sum(dim).mean(0)
     return MCResult(
         mean=mean,
         std=probs.std(0, correction=0),
-        entropy=entropy,
+        predictive_entropy=entropy,
         expected_entropy=expected,
         mutual_information=(entropy - expected).clamp_min(0.0),
         samples=probs if return_samples else None,

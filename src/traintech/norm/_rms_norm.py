@@ -12,8 +12,8 @@ it saves only ``(x, rstd)``; the backward is the analytic gradient
     \frac{\partial L}{\partial \gamma} = \sum_{\text{rows}} r\, x \odot
     \frac{\partial L}{\partial y}
 
-computed with one full-size buffer that is reused in place for ``dx`` (allocating fresh pages
-costs about as much as a pass over the data on CPU).
+computed into the ``dx`` buffer alone (allocating fresh pages costs about as much as a pass over
+the data on CPU), in row blocks that stay in cache on CPU.
 """
 
 from __future__ import annotations
@@ -34,39 +34,70 @@ def default_rms_eps(dtype: torch.dtype) -> float:
     return torch.finfo(stat_dtype(dtype)).eps
 
 
+#: Bytes of one row block (per tensor) on CPU: the block's rows of x, gy and dx (3 x 512 KiB)
+#: stay in a 2 MiB L2 across the elementwise passes; measured 5-23% faster than whole-tensor
+#: passes at (4096, 1024) on a loaded machine. Other devices use one block.
+_CPU_BLOCK_BYTES = 1 << 19
+
+
+def _block_rows(hs: Tensor) -> int:
+    rows = hs.shape[0]
+    if hs.device.type != "cpu" or rows == 0:
+        return max(rows, 1)
+    return max(1, _CPU_BLOCK_BYTES // max(1, hs.shape[1] * hs.element_size()))
+
+
 def rms_forward(h2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(y_in_stat_dtype, h_in_stat_dtype, rstd)`` for a 2-D ``(rows, D)`` input."""
     hs = h2.to(stat_dtype(h2.dtype))
     d = hs.shape[-1]
     norm = torch.linalg.vector_norm(hs, dim=-1, keepdim=True)
     rstd = torch.rsqrt(norm.square_().div_(d).add_(eps))
-    y = torch.mul(hs, rstd)
-    if weight is not None:
-        y.mul_(weight.reshape(-1).to(hs.dtype))
+    if weight is None:
+        return torch.mul(hs, rstd), hs, rstd
+    ws = weight.reshape(-1).to(hs.dtype)
+    y = torch.empty_like(hs)
+    step = _block_rows(hs)
+    for start in range(0, hs.shape[0], step):
+        rows = slice(start, start + step)
+        out = y[rows]
+        torch.mul(hs[rows], rstd[rows], out=out)
+        out.mul_(ws)  # the block is still in cache
     return y, hs, rstd
 
 
 def rms_backward(
     gy2: Tensor, hs: Tensor, rstd: Tensor, weight: Tensor | None, need_weight_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """Analytic RMSNorm backward on 2-D tensors: ``(dx in stat dtype, dweight or None)``."""
+    """Analytic RMSNorm backward on 2-D tensors: ``(dx in stat dtype, dweight or None)``.
+
+    ``dx`` is written block by block into one output buffer, which also holds the intermediate
+    ``gy * x`` of each block (no other full-size allocation); ``dweight`` accumulates per block.
+    """
     d = hs.shape[-1]
     gys = gy2.to(hs.dtype)
-    buf = torch.mul(gys, hs)  # g_ij * x_ij: the one full-size buffer
+    out = torch.empty_like(hs)
+    ws = None if weight is None else weight.reshape(-1).to(hs.dtype)
     dweight = None
-    if weight is not None:
-        ws = weight.reshape(-1).to(hs.dtype)
-        if need_weight_grad:
-            dweight = torch.mv(buf.t(), rstd.view(-1))
-        dot = torch.mv(buf, ws).unsqueeze(-1)  # sum_j gamma_j gy_ij x_ij
-        torch.mul(gys, ws, out=buf)
-        buf.mul_(rstd)
-    else:
-        dot = buf.sum(dim=-1, keepdim=True)
-        torch.mul(gys, rstd, out=buf)
-    coef = dot.mul_(rstd.pow(3)).div_(-d)
-    buf.addcmul_(hs, coef)
-    return buf, dweight
+    if ws is not None and need_weight_grad:
+        dweight = torch.zeros(d, dtype=hs.dtype, device=hs.device)
+    coef = rstd.pow(3).div_(-d)
+    step = _block_rows(hs)
+    for start in range(0, hs.shape[0], step):
+        rows = slice(start, start + step)
+        g, x, r, buf = gys[rows], hs[rows], rstd[rows], out[rows]
+        torch.mul(g, x, out=buf)  # gy_ij * x_ij
+        if dweight is not None:
+            dweight.addmv_(buf.t(), r.view(-1))  # sum_i r_i gy_ij x_ij
+        if ws is not None:
+            dot = torch.mv(buf, ws).unsqueeze(-1)  # sum_j gamma_j gy_ij x_ij
+            torch.mul(g, ws, out=buf)
+            buf.mul_(r)
+        else:
+            dot = buf.sum(dim=-1, keepdim=True)
+            torch.mul(g, r, out=buf)
+        buf.addcmul_(x, dot.mul_(coef[rows]))
+    return out, dweight
 
 
 class _RMSNormFunction(torch.autograd.Function):
