@@ -1,6 +1,7 @@
 """Repeated blocks are traced once; the result equals a full trace, and differing blocks differ."""
 
 import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -109,3 +110,19 @@ def test_repeated_untraceable_blocks_fall_back_to_module_order():
     assert followers.method == "fx"
     assert followers.how["0.fc"] == "module order"
     assert followers.activation["1.fc"].family == "tanh"
+
+
+def test_blocks_configured_by_a_dict_are_not_merged():
+    class Configured(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.cfg = {"act": act}
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return torch.tanh(h) if self.cfg["act"] == "tanh" else F.relu(h)
+
+    model = nn.Sequential(Configured("tanh"), Configured("relu"), Configured("relu"))
+    followers = find_followers(model)
+    assert [followers.activation[f"{i}.fc"].family for i in range(3)] == ["tanh", "relu", "relu"]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from ._activations import Activation, classify_function, classify_module
 
@@ -64,11 +64,21 @@ def _plain(value: object) -> bool:
     return isinstance(value, tuple) and all(_plain(v) for v in value)
 
 
+def _attribute_key(name: str, value: object) -> Hashable:
+    if _plain(value):
+        return value
+    if name.startswith("_") or isinstance(value, (nn.Module, Tensor)):
+        return None  # torch's own bookkeeping; submodules and tensors are compared elsewhere
+    # other configuration (lists, dicts, partials): by repr; an address in it only makes
+    # blocks differ, which is safe (they are then traced separately)
+    return repr(value)
+
+
 def signature(module: nn.Module) -> Hashable:
-    """Class, layout and plain attributes of ``module`` and all its submodules."""
+    """Class, layout and configuration attributes of ``module`` and all its submodules."""
     parts = []
     for name, sub in module.named_modules():
-        attrs = tuple(sorted((k, v) for k, v in vars(sub).items() if _plain(v)))
+        attrs = tuple(sorted((k, _attribute_key(k, v)) for k, v in vars(sub).items()))
         parts.append((name, type(sub), attrs))
     return tuple(parts)
 
