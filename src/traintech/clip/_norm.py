@@ -48,9 +48,7 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
         return torch.tensor(0.0)
     device = grads[0].device
     acc_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
-    norms = [
-        torch.linalg.vector_norm(g, norm_type, dtype=acc_dtype).to(device) for g in grads
-    ]
+    norms = [torch.linalg.vector_norm(g, norm_type, dtype=acc_dtype).to(device) for g in grads]
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
