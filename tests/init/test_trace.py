@@ -1,5 +1,7 @@
 """Repeated blocks are traced once; the result equals a full trace, and differing blocks differ."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,3 +128,17 @@ def test_blocks_configured_by_a_dict_are_not_merged():
     model = nn.Sequential(Configured("tanh"), Configured("relu"), Configured("relu"))
     followers = find_followers(model)
     assert [followers.activation[f"{i}.fc"].family for i in range(3)] == ["tanh", "relu", "relu"]
+
+
+def test_math_on_traced_values_still_traces():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.relu(self.fc(x) / math.sqrt(x.size(-1)))
+
+    followers = find_followers(nn.Sequential(Scaled(), Scaled()))
+    assert followers.method == "fx"
+    assert followers.activation["0.fc"].family == "relu"

@@ -44,8 +44,13 @@ class Summary:
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, composite: set[int]) -> None:
-        super().__init__()
+    def __init__(self, composite: set[int], autowrap: bool) -> None:
+        # fx patches every ``math`` function anew on each trace, which costs more than the rest
+        # of a small trace; it is only needed when ``math.*`` is called on a traced value.
+        if autowrap:
+            super().__init__()
+        else:
+            super().__init__(autowrap_modules=(), autowrap_functions=())  # type: ignore[arg-type]
         self.composite = composite
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -111,7 +116,10 @@ def _repeated_blocks(root: nn.Module) -> dict[int, Hashable]:
 def analyse(module: nn.Module, cache: dict[Hashable, Summary | None]) -> Summary:
     """Trace ``module`` and summarise what follows each weight layer (raises if untraceable)."""
     composite = _repeated_blocks(module)
-    graph = _Tracer(set(composite)).trace(module)
+    try:
+        graph = _Tracer(set(composite), autowrap=False).trace(module)
+    except Exception:  # e.g. math.sqrt(x.size(-1)): retry with fx's default autowrapping
+        graph = _Tracer(set(composite), autowrap=True).trace(module)
     modules = dict(module.named_modules())
     memo: dict[fx.Node, list[Activation]] = {}
 
