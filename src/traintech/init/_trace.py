@@ -118,7 +118,7 @@ def analyse(module: nn.Module, cache: dict[Hashable, Summary | None]) -> Summary
     composite = _repeated_blocks(module)
     try:
         graph = _Tracer(set(composite), autowrap=False).trace(module)
-    except Exception:  # e.g. math.sqrt(x.size(-1)): retry with fx's default autowrapping
+    except TypeError:  # e.g. math.sqrt(x.size(-1)): retry with fx's default autowrapping
         graph = _Tracer(set(composite), autowrap=True).trace(module)
     modules = dict(module.named_modules())
     memo: dict[fx.Node, list[Activation]] = {}
