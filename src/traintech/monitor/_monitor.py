@@ -98,7 +98,12 @@ class Monitor:
         spike_warmup: logged steps before spikes are scored. Default: 20.
         history: logged steps kept in memory for :meth:`summary`. Default: 2000.
         tensorboard: write TensorBoard events; None: when ``tensorboard`` is installed and
-            ``log_dir`` is set (one event with every tag per logged step). Default: None.
+            ``log_dir`` is set. Each logged step is one event with the global scalars; the
+            per-layer ones join it every ``tensorboard_layers_every`` logged steps and on
+            sampled steps (TensorBoard checksums events in pure Python, about a microsecond per
+            byte, so dozens of per-layer tags every step would cost more than the monitor
+            itself; JSONL and CSV always hold everything). Default: None.
+        tensorboard_layers_every: see ``tensorboard`` (>= 1). Default: 10.
         csv: write ``monitor.csv`` when ``log_dir`` is set. Default: True.
 
     Example:
@@ -133,6 +138,7 @@ class Monitor:
         spike_warmup: int = 20,
         history: int = 2000,
         tensorboard: bool | None = None,
+        tensorboard_layers_every: int = 10,
         csv: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -145,6 +151,7 @@ class Monitor:
         _check_every("update_every", update_every, allow_none=True)
         _check_every("activation_every", activation_every, allow_none=True)
         _check_every("history", history, allow_none=False)
+        _check_every("tensorboard_layers_every", tensorboard_layers_every, allow_none=False)
         self.loss_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.grad_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.log_dir = None if log_dir is None else prepare_log_dir(log_dir)
@@ -157,6 +164,7 @@ class Monitor:
         self.update_every = update_every
         self.activation_every = activation_every
         self.raise_on_nonfinite = raise_on_nonfinite
+        self.tensorboard_layers_every = tensorboard_layers_every
         self.step_count = 0
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.events: deque[dict[str, Any]] = deque(maxlen=history)
@@ -421,11 +429,17 @@ class Monitor:
             if self._csv is not None:
                 self._csv.write(row)
             if self._tb is not None:
-                self._tb.write(record["step"], {k: v for k, v in row.items() if k != "step"})
+                self._tb.write(record["step"], self._tensorboard_tags(record, row))
         if self.raise_on_nonfinite:
             for event in record["events"]:
                 if event["kind"] == "nonfinite":
                     raise NonFiniteError(event["message"])
+
+    def _tensorboard_tags(self, record: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        sampled = "update_ratio" in record or "activations" in record
+        if sampled or (record["step"] // self.every) % self.tensorboard_layers_every == 0:
+            return {k: v for k, v in row.items() if k != "step"}
+        return {k: v for k, v in row.items() if k in _GLOBAL_TAGS}
 
     def log_event(self, kind: str, **fields: Any) -> None:
         """Record an event from outside (e.g. a rollback) with the current step, and log it."""
@@ -494,6 +508,12 @@ class Monitor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_GLOBAL_TAGS = frozenset(
+    ("loss", "grad_norm", "loss_z", "grad_z", "clip_norm", "clip_coef", "clip_threshold",
+     "clip_skip")
+)
 
 
 def _flatten(record: dict[str, Any]) -> dict[str, Any]:
