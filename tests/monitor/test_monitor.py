@@ -341,7 +341,8 @@ def test_unused_parameters_and_switches(setup, tmp_path):
         assert len(net[1]._forward_hooks) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.jsonl"]
     mon = Monitor(model, opt, trace_nonfinite=True)
-    assert len(opt._optimizer_step_pre_hooks) == 1 and len(net[1]._forward_hooks) == 1
+    # update-ratio pre-hook; tracer hook + activation hook (step 0 is sampled)
+    assert len(opt._optimizer_step_pre_hooks) == 1 and len(net[1]._forward_hooks) == 2
     mon.close()  # removes every hook it added
     assert len(opt._optimizer_step_pre_hooks) == 0 and len(net[1]._forward_hooks) == 0
 
