@@ -119,6 +119,7 @@ def test_exclude_needs_names_and_parameters_must_be_tensors():
         AGC()([model.weight, "bias"])
     with pytest.raises(TypeError, match="decide"):
         AGC().decide(torch.tensor(1.0))
+    assert AGC.needs_parameters
 
 
 def test_no_gradients_gives_identity_result():

@@ -21,11 +21,11 @@ GRAD_NORM_FLOOR = 1e-6
 NamedParamsLike = nn.Module | Tensor | Iterable[Tensor] | Iterable[tuple[str, Tensor]]
 
 
-def _unit_norms(x: Tensor) -> Tensor:
+def _unit_norms(x: Tensor, dtype: torch.dtype | None) -> Tensor:
     """2-norm of each slice along dim 0 (kept as ``(d0, 1, ...)``); whole norm for ndim <= 1."""
     if x.dim() <= 1:
-        return torch.linalg.vector_norm(x)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True)
+        return torch.linalg.vector_norm(x, dtype=dtype)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True, dtype=dtype)
 
 
 def _reduce_dtype(x: Tensor) -> torch.dtype | None:
@@ -50,8 +50,8 @@ def adaptive_clip_grad_(
         return adaptive_clip_grad_sharded_(weights, grads, clip_factor, eps)
     device = grads[0].device
     acc = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
-    pre = torch.zeros((), dtype=acc, device=device)
-    post = torch.zeros((), dtype=acc, device=device)
+    norms: list[Tensor] = []  # unit gradient norms, flattened
+    coefs: list[Tensor] = []  # the factor each unit was multiplied by
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     others: list[int] = []
     for i, g in enumerate(grads):
@@ -61,34 +61,26 @@ def adaptive_clip_grad_(
             others.append(i)
     for members in groups.values():
         g_list = [grads[i] for i in members]
-        g_norms = torch.stack(torch._foreach_norm(g_list))
-        max_norms = torch.stack(torch._foreach_norm([weights[i] for i in members]))
-        max_norms = max_norms.clamp_(min=eps).mul_(clip_factor)
-        ratio = max_norms / g_norms.clamp(min=GRAD_NORM_FLOOR)
-        coefs = torch.where(g_norms < max_norms, torch.ones_like(ratio), ratio)
-        torch._foreach_mul_(g_list, list(coefs.unbind()))
-        g_acc = g_norms.to(device, acc)
-        pre = pre + g_acc.square().sum()
-        post = post + (g_acc * coefs.to(device, acc)).square().sum()
+        g_norm = torch.stack(torch._foreach_norm(g_list))
+        max_norm = torch.stack(torch._foreach_norm([weights[i] for i in members]))
+        max_norm = max_norm.clamp_(min=eps).mul_(clip_factor)
+        ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
+        coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
+        torch._foreach_mul_(g_list, list(coef.unbind()))
+        norms.append(g_norm.to(device, acc))
+        coefs.append(coef.to(device, acc))
     for i in others:
-        w, g = weights[i], grads[i]
+        g = grads[i]
         dtype = _reduce_dtype(g)
-        g_norm = torch.linalg.vector_norm(
-            g, dim=tuple(range(1, g.dim())) if g.dim() > 1 else None, keepdim=g.dim() > 1,
-            dtype=dtype,
-        )
-        w_norm = torch.linalg.vector_norm(
-            w, dim=tuple(range(1, w.dim())) if w.dim() > 1 else None, keepdim=w.dim() > 1,
-            dtype=dtype,
-        )
-        max_norm = w_norm.clamp_(min=eps).mul_(clip_factor)
+        g_norm = _unit_norms(g, dtype)
+        max_norm = _unit_norms(weights[i], dtype).clamp_(min=eps).mul_(clip_factor)
         ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
         g.mul_(coef.to(g.dtype) if dtype is not None else coef)
-        g_acc = g_norm.to(device, acc)
-        pre = pre + g_acc.square().sum()
-        post = post + (g_acc * coef.to(device, acc)).square().sum()
-    return pre, post
+        norms.append(g_norm.reshape(-1).to(device, acc))
+        coefs.append(coef.reshape(-1).to(device, acc))
+    unit_norm = torch.cat(norms)
+    return unit_norm.square().sum(), (unit_norm * torch.cat(coefs)).square().sum()
 
 
 class AGC(Clipper):
@@ -137,6 +129,10 @@ class AGC(Clipper):
                 [0.0000, 0.0010]])
     """
 
+    #: The rule needs the parameters (weights), not only the total norm: a guarded step must
+    #: call ``clipper(parameters)`` rather than ``measure``/``decide``/``apply``.
+    needs_parameters: bool = True
+
     def __init__(
         self, clip_factor: float = 0.01, eps: float = 1e-3, *, exclude: Iterable[str] = ()
     ) -> None:
@@ -151,6 +147,10 @@ class AGC(Clipper):
                 raise TypeError(f"exclude must hold parameter names (str), got {pattern!r}")
         self.exclude = patterns
 
+    def __repr__(self) -> str:
+        """``AGC(clip_factor=..., eps=..., exclude=...)``."""
+        return f"AGC(clip_factor={self.clip_factor!r}, eps={self.eps!r}, exclude={self.exclude!r})"
+
     def _select(self, parameters: NamedParamsLike) -> tuple[list[Tensor], list[Tensor]]:
         """Split the parameters with a gradient into (clipped, excluded)."""
         if isinstance(parameters, nn.Module):
@@ -161,10 +161,10 @@ class AGC(Clipper):
         skipped: list[Tensor] = []
         for index, item in enumerate(parameters):
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-                name, param = item
-                excluded = any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+                param = item[1]
+                excluded = any(fnmatch.fnmatchcase(item[0], p) for p in self.exclude)
             else:
-                name, param, excluded = None, item, False
+                param, excluded = item, False
                 if self.exclude:
                     raise ValueError(
                         f"exclude={self.exclude!r} needs parameter names: pass the module or "

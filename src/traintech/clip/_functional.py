@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from traintech._distributed import local_tensors
-from traintech.clip._compat import device_has_foreach
-from traintech.clip._norm import ParamsLike, as_tensor_list, group_by_device_dtype, total_norm
+from traintech.clip._compat import device_has_foreach, group_by_device_dtype
+from traintech.clip._norm import ParamsLike, as_tensor_list, total_norm
 
 #: Added to the norm in the clip coefficient, as in torch.
 CLIP_EPS = 1e-6
@@ -66,10 +66,11 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
     if not grads:
         return
     grads = local_tensors(grads)
-    if coef.device.type == "cpu" and coef.item() == 1.0:
-        if all(g.device.type == "cpu" for g in grads):
-            return
+    # Reading a CPU scalar costs no device sync; multiplying by exactly 1.0 changes nothing.
+    is_one = coef.device.type == "cpu" and coef.item() == 1.0
     for (device, _), group in group_by_device_dtype(grads).items():
+        if is_one and device.type == "cpu":
+            continue
         coef_dev = coef.to(device)
         if _use_foreach(foreach, device, group):
             torch._foreach_mul_(group, coef_dev)

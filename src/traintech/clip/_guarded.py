@@ -90,6 +90,7 @@ class GuardedStep:
             ``fold=True`` where folding is impossible.
 
     Example:
+        >>> from traintech.clip import NormClip
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> guard = GuardedStep(opt, NormClip(1.0))
@@ -188,12 +189,22 @@ class GuardedStep:
                 "the optimizer's parameters have no gradients: call GuardedStep.step() after "
                 "loss.backward()"
             )
-        use_fold = self.fold and all(
-            p in self.optimizer.state for p in params if p.grad is not None
-        )
+        use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
         self._count(report)
         return report
+
+    def _state_ready(self, params: list[Tensor]) -> bool:
+        """Whether a skipped fused step would leave the optimizer state exactly as it is.
+
+        On its first step a fused optimizer creates its state (moments, momentum buffers) even
+        when ``found_inf`` makes the kernel skip the update, so that step takes the plain path.
+        Momentum-free SGD has no state at all.
+        """
+        opt = self.optimizer
+        if isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0 for g in opt.param_groups):
+            return True
+        return all(p in opt.state for p in params if p.grad is not None)
 
     def _measure(self, grads: list[Tensor]) -> Tensor:
         if self.clipper is not None:
@@ -207,8 +218,10 @@ class GuardedStep:
         Under DDP a NaN produced after the gradient all-reduce exists on one rank only; one tiny
         all-reduce of the flag makes every rank skip together (a no-op without a process group).
         """
-        bad = all_ranks_any(~torch.isfinite(norm))
-        return torch.where(bad.to(norm.device), torch.full_like(norm, torch.nan), norm)
+        finite = torch.isfinite(norm)
+        bad = all_ranks_any(~finite).to(norm.device)
+        # A rank's own non-finite norm is kept as it is; a finite one becomes NaN.
+        return torch.where(bad & finite, torch.full_like(norm, torch.nan), norm)
 
     def _active_scaler(self) -> torch.amp.GradScaler | None:
         if self.scaler is not None and self.scaler.is_enabled():

@@ -108,6 +108,11 @@ class AdaptiveClipper(Clipper):
     def _settings(self) -> dict[str, Any]:
         """The constructor arguments, as stored in :meth:`state_dict`."""
 
+    def __repr__(self) -> str:
+        """``Name(setting=value, ...)`` with the constructor arguments."""
+        settings = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        return f"{type(self).__name__}({settings})"
+
     def _follow(self, norm: Tensor) -> Tensor:
         """Move the state to ``norm``'s device (once) and return ``norm`` as float64."""
         device = norm.device

@@ -88,7 +88,7 @@ _TRANSPARENT = {
     "detach",
 }
 _TRANSPARENT_PATTERN = re.compile(r"dropout|drop_path|droppath|dropblock|pool")
-_NORM_NAME = re.compile(r"(^|[a-z])Norm(\dd)?$")
+_NORM_NAME = re.compile(r"Norm(\d[dD])?$")
 
 _RELU_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU,

@@ -32,6 +32,17 @@ class NonFiniteError(RuntimeError):
     """Raised by :meth:`Monitor.step` (with ``raise_on_nonfinite=True``) at a NaN/Inf."""
 
 
+def foreach_norms(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of each tensor, in one ``torch._foreach_norm`` call, stacked on one device.
+
+    Accumulates in float32 (float64 when any tensor is float64), so fp16/bf16 do not overflow.
+    """
+    acc = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    norms = torch._foreach_norm(tensors, 2, dtype=acc)
+    device = norms[0].device
+    return torch.stack([n.to(device) for n in norms])
+
+
 def _check_every(name: str, value: int | None, allow_none: bool) -> None:
     if value is None and allow_none:
         return
@@ -87,7 +98,7 @@ class Monitor:
         spike_warmup: logged steps before spikes are scored. Default: 20.
         history: logged steps kept in memory for :meth:`summary`. Default: 2000.
         tensorboard: write TensorBoard events; None: when ``tensorboard`` is installed and
-            ``log_dir`` is set. Default: None.
+            ``log_dir`` is set (one event with every tag per logged step). Default: None.
         csv: write ``monitor.csv`` when ``log_dir`` is set. Default: True.
 
     Example:
@@ -167,6 +178,7 @@ class Monitor:
         self._opt_handles: list[RemovableHandle] = []
         self._before: tuple[list[str], list[Tensor], list[Tensor]] | None = None
         self._update: tuple[list[str], Tensor] | None = None
+        self._opt_params: list[tuple[str, Tensor]] = []
         if optimizer is not None and update_every is not None:
             by_id = {id(p): n for n, p in self._params}
             self._opt_params = [
@@ -213,7 +225,7 @@ class Monitor:
     # -- optimizer hooks (update-to-weight ratio) ------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._before = None
-        if not self._sampled(self.step_count, self.update_every):
+        if not self._opt_params or not self._sampled(self.step_count, self.update_every):
             return
         names = [n for n, _ in self._opt_params]
         params = [p.detach() for _, p in self._opt_params]
@@ -227,10 +239,8 @@ class Monitor:
         self._before = None
         with torch.no_grad():
             diff = torch._foreach_sub(params, before)
-            upd = torch._foreach_norm(diff, 2, dtype=torch.float32)
-            w = torch._foreach_norm(before, 2, dtype=torch.float32)
-            dev = upd[0].device
-            self._update = (names, torch.cat([torch.stack(upd), torch.stack(w).to(dev)]))
+            upd = foreach_norms(list(diff))
+            self._update = (names, torch.cat([upd, foreach_norms(before).to(upd.device)]))
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss: Tensor | float | None = None, clip: ClipResult | None = None) -> (
@@ -266,24 +276,27 @@ class Monitor:
 
     def _check_trace_only(self, tracer: NonFiniteTracer, t: int) -> None:
         flags = tracer.stacked()
-        tracer.reset()
-        if flags is not None and bool(flags.any()):
+        if flags is not None and not bool(torch.isfinite(flags).all()):
             record: dict[str, Any] = {"step": t, "events": []}
             self._nonfinite_event(record, t, flags.cpu().tolist(), [], loss_bad=False)
+            tracer.reset()
             self._finish(record)
+        tracer.reset()
 
     def _gather(self, t: int, loss: Tensor | float | None, clip: ClipResult | None) -> (
         dict[str, Any]
     ):
-        with_grad = [(n, p.grad) for n, p in self._params if p.grad is not None]
+        with_grad = [
+            (n, p.grad) for n, p in self._params if p.grad is not None and not p.grad.is_sparse
+        ]
         pieces: list[Tensor] = []
         device = with_grad[0][1].device if with_grad else torch.device("cpu")
         if with_grad:
-            norms = torch._foreach_norm([g for _, g in with_grad], 2, dtype=torch.float32)
-            pieces.append(torch.stack([x.to(device) for x in norms]))
+            pieces.append(foreach_norms([g for _, g in with_grad]).to(device))
         scalars: list[Tensor] = []
         if isinstance(loss, Tensor):
-            scalars.append(loss.detach().reshape(()).float().to(device))
+            wide = torch.promote_types(loss.dtype, torch.float32)
+            scalars.append(loss.detach().reshape(()).to(device, wide))
         if clip is not None:
             scalars += [
                 clip.norm.detach().float().reshape(()).to(device),
@@ -292,7 +305,7 @@ class Monitor:
                 clip.skip.detach().float().reshape(()).to(device),
             ]
         if scalars:
-            pieces.append(torch.stack(scalars))
+            pieces.append(torch.stack([x.to(scalars[0].dtype) for x in scalars]))
         update, self._update = self._update, None
         if update is not None:
             pieces.append(update[1].to(device))
@@ -362,7 +375,7 @@ class Monitor:
                 self._event(record, "grad_spike", value=watched, z=z, ema=self.grad_spikes.mean)
         bad_params = [n for n, v in zip(names, gnorms, strict=True) if not math.isfinite(v)]
         loss_bad = loss_v is not None and not math.isfinite(loss_v)
-        if bad_params or loss_bad or any(v != 0.0 for v in trace_vals):
+        if bad_params or loss_bad or any(not math.isfinite(v) for v in trace_vals):
             self._nonfinite_event(record, t, trace_vals, bad_params, loss_bad)
         if self._tracer is not None:
             self._tracer.reset()
@@ -408,8 +421,7 @@ class Monitor:
             if self._csv is not None:
                 self._csv.write(row)
             if self._tb is not None:
-                row.pop("step", None)
-                self._tb.write(record["step"], row)
+                self._tb.write(record["step"], {k: v for k, v in row.items() if k != "step"})
         if self.raise_on_nonfinite:
             for event in record["events"]:
                 if event["kind"] == "nonfinite":
