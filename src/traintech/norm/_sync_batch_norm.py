@@ -24,7 +24,29 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _gather_stats(x: Tensor, group: Any) -> tuple[Tensor, Tensor, Tensor]:
+def _local_stats(x: Tensor) -> tuple[int, Tensor, Tensor]:
+    """This rank's ``(count, mean, xc)`` per channel, ``xc = x - mean`` in the compute dtype.
+
+    Two passes (a sum, then the centered values), which is accurate where ``E[x^2] - E[x]^2``
+    cancels and several times faster on CPU than ``torch.var_mean`` over dims ``(0, 2, ...)``.
+    """
+    channels = x.shape[1]
+    count = x.numel() // channels
+    xa = x.to(_compute_dtype(x))
+    shape = [1, channels] + [1] * (x.dim() - 2)
+    if count == 0:
+        return 0, xa.new_zeros(channels), xa
+    mean = xa.sum(_reduce_dims(x)) / count
+    return count, mean, xa - mean.view(shape)
+
+
+def _reduce_dims(x: Tensor) -> list[int]:
+    return [d for d in range(x.dim()) if d != 1]
+
+
+def _gather_stats(
+    x: Tensor, local_count: int, local_mean: Tensor, xc: Tensor, group: Any
+) -> tuple[Tensor, Tensor, Tensor]:
     """Global ``(count, mean, M2)`` per channel, combined from every rank's local statistics.
 
     Each rank sends ``[n_r, mean_r, M2_r]`` (one packed tensor, one ``all_gather``); the ranks are
@@ -34,15 +56,12 @@ def _gather_stats(x: Tensor, group: Any) -> tuple[Tensor, Tensor, Tensor]:
     import torch.distributed as dist
 
     channels = x.shape[1]
-    dims = [d for d in range(x.dim()) if d != 1]
-    local_count = x.numel() // channels if channels else 0
     sdt = _stat_dtype(x)
     packed = torch.zeros(2 * channels + 1, dtype=sdt, device=x.device)
     if local_count > 0:
-        var, mean = torch.var_mean(x.to(_compute_dtype(x)), dim=dims, correction=0)
         packed[0] = local_count
-        packed[1 : channels + 1] = mean.to(sdt)
-        packed[channels + 1 :] = var.to(sdt) * local_count
+        packed[1 : channels + 1] = local_mean.to(sdt)
+        packed[channels + 1 :] = (xc * xc).sum(_reduce_dims(x)).to(sdt)
     world = dist.get_world_size(group)
     gathered = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(gathered, packed, group=group)
@@ -63,7 +82,12 @@ def _gather_stats(x: Tensor, group: Any) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
-    """Normalize with global statistics; the backward all-reduces the two per-channel sums."""
+    """Normalize with global statistics; the backward all-reduces the two per-channel sums.
+
+    Works on ``xc = x - mean_local`` (kept for the backward instead of ``x``): with
+    ``delta = mean - mean_local``, ``x_hat = (xc - delta) * invstd``, so the output is one
+    ``addcmul`` and the input gradient two.
+    """
 
     @staticmethod
     def forward(
@@ -74,21 +98,18 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         eps: float,
         group: Any,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        count, mean, m2 = _gather_stats(x, group)
-        cdt = _compute_dtype(x)
-        var = m2 / count
-        invstd = torch.rsqrt(var + eps)
+        local_count, local_mean, xc = _local_stats(x)
+        count, mean, m2 = _gather_stats(x, local_count, local_mean, xc, group)
+        cdt = xc.dtype
+        invstd = torch.rsqrt(m2 / count + eps)
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-        mean_c = mean.to(cdt).view(shape)
-        invstd_c = invstd.to(cdt).view(shape)
-        y = (x.to(cdt) - mean_c) * invstd_c
-        if weight is not None:
-            y = y * weight.to(cdt).view(shape)
-        if bias is not None:
-            y = y + bias.to(cdt).view(shape)
+        delta = (mean - local_mean.to(mean.dtype)).to(cdt)
+        scale = invstd.to(cdt) if weight is None else invstd.to(cdt) * weight.to(cdt)
+        shift = -delta * scale if bias is None else bias.to(cdt) - delta * scale
+        y = torch.addcmul(shift.view(shape), xc, scale.view(shape))
         unbiased = m2 / (count - 1).clamp_min(1)
         extra = [] if weight is None else [weight]
-        ctx.save_for_backward(x, mean_c, invstd_c, count, *extra)
+        ctx.save_for_backward(xc, delta, invstd.to(cdt), count, *extra)
         ctx.group = group  # type: ignore[attr-defined]
         ctx.mark_non_differentiable(mean, unbiased)
         return y.to(x.dtype), mean, unbiased
@@ -100,25 +121,28 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         import torch.distributed as dist
 
-        x, mean_c, invstd_c, count, *extra = ctx.saved_tensors  # type: ignore[attr-defined]
+        xc, delta, invstd, count, *extra = ctx.saved_tensors  # type: ignore[attr-defined]
         weight = extra[0] if extra else None
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        cdt = mean_c.dtype
-        dims = [d for d in range(x.dim()) if d != 1]
-        shape = mean_c.shape
+        cdt = xc.dtype
+        dims = _reduce_dims(xc)
+        channels = xc.shape[1]
+        shape = [1, channels] + [1] * (xc.dim() - 2)
         dy = grad_y.to(cdt)
-        xhat = (x.to(cdt) - mean_c) * invstd_c
         sum_dy = dy.sum(dims)
-        sum_dy_xhat = (dy * xhat).sum(dims)
+        sum_dy_xhat = ((dy * xc).sum(dims) - delta * sum_dy) * invstd
         grad_x = grad_w = grad_b = None
         if needs[0]:
             packed = torch.cat([sum_dy, sum_dy_xhat]).to(count.dtype)
             dist.all_reduce(packed, group=ctx.group)  # type: ignore[attr-defined]
-            channels = x.shape[1]
-            g_sum_dy = packed[:channels].div(count).to(cdt).view(shape)
-            g_sum_dy_xhat = packed[channels:].div(count).to(cdt).view(shape)
-            scale = invstd_c if weight is None else invstd_c * weight.to(cdt).view(shape)
-            grad_x = (scale * (dy - g_sum_dy - xhat * g_sum_dy_xhat)).to(x.dtype)
+            mean_dy = packed[:channels].div(count).to(cdt)
+            mean_dy_xhat = packed[channels:].div(count).to(cdt)
+            # dx = s * (dy - mean_dy - x_hat * mean_dy_xhat), x_hat = (xc - delta) * invstd
+            s = invstd if weight is None else invstd * weight.to(cdt)
+            k_xc = -s * invstd * mean_dy_xhat
+            k_0 = -s * (mean_dy - delta * invstd * mean_dy_xhat)
+            grad_x = torch.addcmul(k_0.view(shape), dy, s.view(shape))
+            grad_x = grad_x.addcmul_(xc, k_xc.view(shape)).to(grad_y.dtype)
         if weight is not None and needs[1]:
             grad_w = sum_dy_xhat.to(weight.dtype)
         if needs[2]:
