@@ -1,9 +1,11 @@
 r"""Shared machinery of the adaptive clippers: tensor state, checkpoints and the spike policy.
 
 Every adaptive clipper (:class:`~traintech.clip.EMAClip`, :class:`~traintech.clip.QuantileClip`,
-:class:`~traintech.clip.ZClip`) keeps its statistics as tensors on the gradients' device and
-updates them with ``torch.where``, so a step never waits for the device. A non-finite norm never
-enters the statistics: the state after it is the state before it.
+:class:`~traintech.clip.ZClip`) keeps its statistics as tensors on the gradients' device and,
+on an accelerator, updates them with ``torch.where``, so a step never waits for the device. On
+CPU, where reading a tensor costs nothing, the same rule runs in Python scalars (far fewer tiny
+ops); both paths give bit-identical results. A non-finite norm never enters the statistics: the
+state after it is the state before it.
 
 Spike policy. Each clipper defines when a norm is a *spike* (above its adaptive threshold) and
 the *spike boundary* :math:`b_t`, the norm above which step :math:`t` is one. The gradients of a
