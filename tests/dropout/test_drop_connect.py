@@ -96,3 +96,22 @@ def test_no_weight_raises_type_error() -> None:
 def test_training_is_required() -> None:
     with pytest.raises(TypeError):
         F.drop_connect(torch.ones(3), 0.5)  # type: ignore[call-arg]
+
+
+def test_lstm_recurrent_weight(seed) -> None:
+    lstm = nn.LSTM(4, 3, batch_first=True).double()
+    m = D.DropConnect(
+        lstm, 0.5, generator=torch.Generator().manual_seed(2), weight_name="weight_hh_l0"
+    )
+    x = torch.randn(2, 5, 4, generator=seed, dtype=torch.float64)
+    out = m(x)[0]
+    w = F.drop_connect(
+        lstm.weight_hh_l0, 0.5, True, generator=torch.Generator().manual_seed(2)
+    ).detach()
+    ref = torch.func.functional_call(lstm, {"weight_hh_l0": w}, (x,))[0]
+    torch.testing.assert_close(out, ref)
+    assert not torch.allclose(out, lstm(x)[0])
+    assert "weight_name='weight_hh_l0'" in m.extra_repr()
+    assert list(m.state_dict()) == list(nn.LSTM(4, 3).state_dict())
+    with pytest.raises(TypeError, match="weight"):
+        D.DropConnect(lstm, 0.5)

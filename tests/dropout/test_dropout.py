@@ -17,7 +17,7 @@ from traintech.dropout._kernel import FAST_MIN_NUMEL
 from _helpers import assert_close_to_f64
 
 SMALL = (16, 32)  # torch.rand path
-LARGE = (64, 1024)  # bit-sliced CPU path (>= FAST_MIN_NUMEL elements)
+LARGE = (128, 1024)  # bit-sliced CPU path (>= FAST_MIN_NUMEL elements)
 assert math.prod(LARGE) >= FAST_MIN_NUMEL > math.prod(SMALL)
 
 
@@ -191,3 +191,17 @@ def test_property_output_is_zero_or_scaled_input(p, numel, seed_value, low_memor
     keep = y != 0
     torch.testing.assert_close(y, torch.where(keep, x / (1 - p), 0.0), rtol=1e-12, atol=0)
     torch.testing.assert_close(x.grad, keep.double() / (1 - p), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=["small", "large"])
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_retain_graph_and_inference_mode(shape, low_memory) -> None:
+    x = torch.randn(shape, requires_grad=True)
+    y = F.dropout(x, 0.3, True, low_memory=low_memory)
+    y.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    y.sum().backward()  # the mask is reused / regenerated identically
+    torch.testing.assert_close(x.grad, 2 * first, rtol=0, atol=0)
+    with torch.inference_mode():
+        z = F.dropout(torch.ones(shape), 0.3, True, low_memory=low_memory)
+    assert 0 < (z == 0).sum() < z.numel()

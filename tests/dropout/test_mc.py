@@ -160,3 +160,23 @@ def test_bad_arguments(kwargs, match) -> None:
 def test_model_without_dropout_raises() -> None:
     with pytest.raises(ValueError, match="dropout"):
         D.mc_predict(nn.Linear(2, 2), torch.ones(1, 2))
+
+
+def test_output_not_batch_first_and_not_tensor(seed) -> None:
+    class Pool(nn.Module):
+        def forward(self, x):
+            return x.sum(0, keepdim=True)
+
+    model = nn.Sequential(nn.Dropout(0.5), Pool())
+    with pytest.raises(ValueError, match="samples_per_forward=1"):
+        D.mc_predict(model, torch.ones(3, 2), 4, seed, samples_per_forward=2)
+    res = D.mc_predict(model, torch.ones(3, 2), 4, seed, samples_per_forward=1)
+    assert res.mean.shape == (1, 2)
+
+    class Dict(nn.Module):
+        def forward(self, x):
+            return {"y": x}
+
+    with pytest.raises(TypeError, match="model"):
+        D.mc_predict(nn.Sequential(nn.Dropout(0.5), Dict()), torch.ones(3, 2), 2, seed)
+    assert model.training

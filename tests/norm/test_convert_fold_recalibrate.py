@@ -236,3 +236,20 @@ def test_recalibrate_max_batches_and_progress(seed, monkeypatch, capsys):
     assert net[1].momentum == 0.3  # restored after the failure
     with pytest.raises(ValueError, match="max_batches"):
         tn.recalibrate_batchnorm(net, batches, max_batches=0)
+
+
+def test_fold_and_recalibrate_cover_frozen_and_ghost_layers(seed):
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 1), tn.GhostBatchNorm(4, virtual_batch_size=2), nn.ReLU(),
+        nn.Conv2d(4, 4, 1), tn.FrozenBatchNorm2d(4),
+    )  # fmt: skip
+    data = [torch.randn(6, 2, 3, 3, generator=seed) for _ in range(3)]
+    tn.recalibrate_batchnorm(net, data)
+    assert int(net[1].num_batches_tracked) == 3
+    assert net[1].momentum == 0.1
+    with torch.no_grad():
+        net[4].running_var.uniform_(0.5, 2.0, generator=seed)
+    folded = tn.fold_batchnorm(net)
+    norms = (tn.BatchNorm2d, tn.GhostBatchNorm, tn.FrozenBatchNorm2d)
+    assert not any(isinstance(m, norms) for m in folded.modules())
+    torch.testing.assert_close(folded(data[0]), net.eval()(data[0]), rtol=1e-5, atol=1e-5)

@@ -204,23 +204,47 @@ def test_rms_norm_under_cpu_autocast_matches_torch(dtype, seed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("affine", [True, False])
-def test_blocked_cpu_backward_equals_single_block(affine, seed, monkeypatch):
+@pytest.mark.parametrize("fused", [False, True])
+def test_blocked_cpu_kernel_equals_single_block(dtype, affine, fused, seed, monkeypatch):
     import traintech.norm._rms_norm as rms_module
 
-    x = torch.randn(11, 16, generator=seed, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(16, generator=seed, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(11, 16, generator=seed, dtype=torch.float64)
+    x = torch.randn(11, 16, generator=seed).to(dtype).requires_grad_()
+    r = torch.randn(11, 16, generator=seed).to(dtype).requires_grad_()
+    w = torch.randn(16, generator=seed).to(dtype).requires_grad_()
+    gy, gh = (torch.randn(11, 16, generator=seed).to(dtype) for _ in range(2))
     weight = w if affine else None
-    grads = []
-    for block_bytes in (1 << 30, 3 * 16 * 8):  # one block; blocks of 3 rows (11 = 3+3+3+2)
+    inputs = [x, r, w] if affine else [x, r]
+    results = []
+    itemsize = 8 if dtype == torch.float64 else 4  # blocks are sized in the stat dtype
+    for block_bytes in (1 << 30, 3 * 16 * itemsize):  # one block; blocks of 3 rows (3+3+3+2)
         monkeypatch.setattr(rms_module, "_CPU_BLOCK_BYTES", block_bytes)
-        inputs = [x, w] if affine else [x]
-        grads.append(torch.autograd.grad(F.rms_norm(x, (16,), weight, 1e-5), inputs, g))
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    xr = x.detach().requires_grad_()
-    wr = w.detach().requires_grad_() if affine else None
-    ref = torch.autograd.grad(ref_rms_norm(xr, 1, wr, 1e-5), [xr] + ([wr] if affine else []), g)
-    for a, b in zip(grads[1], ref, strict=True):
-        assert_close_to_f64(a, b)
+        if fused:
+            y, h = F.fused_add_rms_norm(x, r, (16,), weight, 1e-5)
+            outs, grads_in = (y, h), (gy, gh)
+        else:
+            y = F.rms_norm(x + r, (16,), weight, 1e-5)
+            outs, grads_in = (y,), (gy,)
+        results.append([*outs, *torch.autograd.grad(outs, inputs, grads_in)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # and the blocked result against the float64 reference
+    xr, rr = x.detach().double().requires_grad_(), r.detach().double().requires_grad_()
+    wr = w.detach().double().requires_grad_()
+    hr = xr + rr
+    yr = ref_rms_norm(hr, 1, wr if affine else None, 1e-5)
+    outs_r = (yr, hr) if fused else (yr,)
+    grads_r = torch.autograd.grad(
+        outs_r, [xr, rr, wr] if affine else [xr, rr], (gy.double(), gh.double())[: len(outs_r)]
+    )
+    tol = 1e-10 if dtype == torch.float64 else 3e-2
+    for a, b in zip(results[1][len(outs_r) :], grads_r, strict=True):
+        assert_close_to_f64(a, b, rtol=tol, atol=tol * 10)
+
+
+def test_half_input_saves_half_input_and_fp32_rstd(seed):
+    x = torch.randn(6, 32, generator=seed).to(torch.bfloat16).requires_grad_()
+    y = tn.RMSNorm(32).to(torch.bfloat16)(x)
+    dtypes = sorted(str(t.dtype) for t in y.grad_fn.saved_tensors if t is not None)
+    assert dtypes == ["torch.bfloat16", "torch.bfloat16", "torch.float32"]  # x, weight, rstd

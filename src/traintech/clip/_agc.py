@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech._distributed import any_dtensor
+from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
 from traintech.clip._spike import check_interval, check_positive
 
@@ -39,8 +41,13 @@ def adaptive_clip_grad_(
     (0-dim float32 tensors on the first gradient's device, float64 if a gradient is float64).
     Vectorised: 0-/1-D tensors in one ``torch._foreach_norm`` / ``torch._foreach_mul_`` group,
     each higher-dimensional tensor with one norm over dims 1.. per operand; no loop per unit.
-    fp16/bf16 norms are accumulated in float32.
+    fp16/bf16 norms are accumulated in float32. DTensor (FSDP2) gradients use the global unit
+    norms of :mod:`traintech.clip._agc_sharded`.
     """
+    if any_dtensor(grads):
+        from traintech.clip._agc_sharded import adaptive_clip_grad_sharded_
+
+        return adaptive_clip_grad_sharded_(weights, grads, clip_factor, eps)
     device = grads[0].device
     acc = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
     norms: list[Tensor] = []  # unit gradient norms, flattened
@@ -206,8 +213,11 @@ class AGC(Clipper):
             )
         if rest:
             acc = torch.float64 if any(g.dtype == torch.float64 for g in rest) else torch.float32
-            norms = [torch.linalg.vector_norm(g, dtype=acc).to(device) for g in rest]
-            rest_sq = torch.stack(norms).square().sum()
+            if any_dtensor(rest):  # the global norm of the excluded shards
+                rest_sq = total_norm(rest, 2.0).to(device, acc).square()
+            else:
+                norms = [torch.linalg.vector_norm(g, dtype=acc).to(device) for g in rest]
+                rest_sq = torch.stack(norms).square().sum()
             pre, post = pre + rest_sq, post + rest_sq
         norm = pre.sqrt()
         coef = torch.where(pre > 0, post.sqrt() / norm, torch.ones_like(norm))

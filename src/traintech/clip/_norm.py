@@ -247,6 +247,7 @@ def _torch_formula_norm(grads: list[Tensor], norm_type: float, dtype: torch.dtyp
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
+@torch.no_grad()
 def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     r"""The ``norm_type``-norm of all ``grads`` viewed as one vector.
 
@@ -255,12 +256,18 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
         \qquad \|g\|_\infty = \max_{i,j} |g_{ij}|
 
     Accumulated in float64 from float32 chunks (see the module docstring); fp16/bf16 gradients are
-    reduced in float32. Returns a 0-dim tensor on the device of the first gradient, float64 when
-    any gradient is float64 and float32 otherwise (0.0 when ``grads`` is empty). For
+    reduced in float32. DTensor gradients (FSDP2, tensor parallel) give the norm of the whole,
+    unsharded gradient, the same on every rank (:mod:`traintech.clip._sharded`). Returns a 0-dim
+    tensor on the device of the first gradient, float64 when any gradient is float64 and float32
+    otherwise (0.0 when ``grads`` is empty). For
     ``norm_type <= 0`` (or nan) it follows torch's definition (the norm of the per-tensor norms).
     """
     if len(grads) == 0:
         return torch.tensor(0.0)
+    from traintech.clip._sharded import has_dtensor, sharded_total_norms
+
+    if has_dtensor(grads):  # FSDP2 / tensor parallel: the global norm, one all-reduce
+        return sharded_total_norms([grads], norm_type)[0]
     dtype = result_dtype(grads)
     if not _is_regular(norm_type):
         return _torch_formula_norm(grads, norm_type, dtype)

@@ -101,16 +101,16 @@ def keep_mask(
     return uniform(shape, device, generator) >= p
 
 
-def check_input(input: object) -> Tensor:
+def check_input(input: object, name: str = "input") -> Tensor:
     """Return ``input`` after checking it is a floating-point (or complex) tensor.
 
     Raises:
         TypeError: if ``input`` is not a tensor or has an integer/bool dtype.
     """
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
     if not (input.is_floating_point() or input.is_complex()):
-        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {input.dtype}")
     return input
 
 

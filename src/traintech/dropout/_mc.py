@@ -133,6 +133,7 @@ def mc_predict(
 
     Raises:
         ValueError: if the model has no dropout layer or an argument is out of range.
+        TypeError: if ``model``/``x`` have the wrong type or the model returns no tensor.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5))
@@ -158,8 +159,12 @@ def mc_predict(
             samples_per_forward = 1
         else:
             samples_per_forward = max(1, min(n_samples, MAX_BATCHED_ELEMENTS // max(1, x.numel())))
-    elif samples_per_forward < 1:
-        raise ValueError(f"samples_per_forward must be >= 1, got {samples_per_forward}")
+    elif (
+        isinstance(samples_per_forward, bool)
+        or not isinstance(samples_per_forward, int)
+        or samples_per_forward < 1
+    ):
+        raise ValueError(f"samples_per_forward must be an int >= 1, got {samples_per_forward!r}")
 
     devices = [x.device] if x.device.type == "cuda" else []
     fork: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
@@ -174,10 +179,13 @@ def mc_predict(
             k = min(samples_per_forward, n_samples - done)
             xb = x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
             out = model(xb)
-            if not isinstance(out, Tensor) or (k > 1 and out.shape[0] != k * x.shape[0]):
+            if not isinstance(out, Tensor):
+                raise TypeError(f"model must return a tensor, got {type(out).__name__}")
+            if k > 1 and out.shape[0] != k * x.shape[0]:
                 raise ValueError(
-                    "the model's output must be a tensor with the batch first to stack "
-                    "samples; pass samples_per_forward=1"
+                    f"model maps a batch of {k * x.shape[0]} to an output of shape "
+                    f"{tuple(out.shape)}: stacking samples needs the batch first; pass "
+                    "samples_per_forward=1"
                 )
             outputs.append(out.reshape(k, -1, *out.shape[1:]) if k > 1 else out.unsqueeze(0))
             done += k

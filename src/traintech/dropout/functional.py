@@ -309,6 +309,7 @@ def drop_connect(
         tensor([[0., 2., 0.],
                 [0., 0., 2.]])
     """
+    check_input(weight, "weight")
     check_training(training)
     return dropout(weight, p, training, mode=mode, generator=generator)
 
@@ -348,7 +349,7 @@ def drop_path(
                 [0., 0.],
                 [0., 0.]])
     """
-    check_input(x)
+    check_input(x, "x")
     p = check_p(p)
     check_training(training)
     check_generator(generator)
