@@ -194,8 +194,19 @@ class AGC(Clipper):
 
     @torch.no_grad()
     def __call__(self, parameters: NamedParamsLike) -> ClipResult:
-        """Clip each unit's gradient in place; return the total norms' summary."""
+        """Clip each unit's gradient in place; return the total norms' summary.
+
+        Raises:
+            ValueError: if no parameter has a gradient (as every clipper), or ``exclude`` is
+                set and the parameters carry no names.
+            TypeError: if an element of ``parameters`` is not a tensor or (name, tensor) pair.
+        """
         items = [(p, excluded) for p, excluded in self._items(parameters) if p.grad is not None]
+        if not items:
+            raise ValueError(
+                "parameters has no gradients: AGC needs at least one tensor with a .grad (call "
+                "it after loss.backward(), with the model or model.named_parameters())"
+            )
         return self._clip(items)
 
     def _clip(self, items: list[tuple[Tensor, bool]]) -> ClipResult:
