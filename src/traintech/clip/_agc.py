@@ -176,6 +176,19 @@ class AGC(Clipper):
         """``AGC(clip_factor=..., eps=..., exclude=...)``."""
         return f"AGC(clip_factor={self.clip_factor!r}, eps={self.eps!r}, exclude={self.exclude!r})"
 
+    @property
+    def is_bound(self) -> bool:
+        """Whether parameters are bound, so :meth:`decide`/:meth:`apply` work (guarded step)."""
+        return self._bound is not None
+
+    def bind(self, parameters: NamedParamsLike) -> None:
+        """Bind the parameters whose weights the rule reads inside a guarded step.
+
+        :class:`~traintech.clip.GuardedStep` calls this with its optimizer's parameters when
+        the AGC it is given has none bound (``exclude`` then needs names: bind the module).
+        """
+        self._bound = list(self._items(parameters))
+
     def _items(self, parameters: NamedParamsLike) -> Iterator[tuple[Tensor, bool]]:
         """Yield ``(parameter, excluded)`` for each parameter."""
         if isinstance(parameters, nn.Module):
