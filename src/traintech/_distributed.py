@@ -36,6 +36,7 @@ __all__ = [
     "ReduceKey",
     "all_ranks_any",
     "all_reduce_packed",
+    "any_dtensor",
     "is_dtensor",
     "is_distributed",
     "local_tensor",
@@ -50,6 +51,12 @@ ReduceKey = tuple[Any, ...]
 def _dtensor_type() -> type | None:
     module = sys.modules.get("torch.distributed.tensor")
     return getattr(module, "DTensor", None) if module is not None else None
+
+
+def any_dtensor(tensors: Sequence[Tensor]) -> bool:
+    """Whether any of ``tensors`` is a DTensor (one dictionary lookup when none can exist)."""
+    cls = _dtensor_type()
+    return cls is not None and any(isinstance(t, cls) for t in tensors)
 
 
 def is_dtensor(tensor: Tensor) -> bool:

@@ -71,9 +71,9 @@ def test_state_dict_is_a_copy(name):
 
 @pytest.mark.parametrize("name", FACTORIES)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("where", [[0], [2, 3], [30], [12, 50, 51, 52]])
+@pytest.mark.parametrize("where", [[0], [2, 3], [12, 40, 41, 42]])
 def test_nonfinite_norm_never_enters_the_statistics(name, bad, where):
-    norms = _norms(80, seed=5)
+    norms = _norms(60, seed=5)
     clean, dirty = FACTORIES[name](), FACTORIES[name]()
     clean_out = [_outcome(clean.decide(x)) for x in norms]
     dirty_out = []
@@ -200,3 +200,31 @@ def test_load_rejects_other_settings_and_version_without_changing_state(name):
 def test_mode_and_option_are_case_insensitive_like_the_package():
     clipper = ZClip(mode="ZScore", clip_option="Mean")
     assert (clipper.mode, clipper.clip_option) == ("zscore", "mean")
+    assert ZClip(mode="percentile", clip_option=None).mode == "percentile"
+    with pytest.raises(ValueError, match="clip_option"):
+        ZClip(mode="zscore", clip_option=None)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_decide_never_reads_a_tensor_value_on_the_host(name):
+    """On the meta device any .item()/bool() raises: passing there proves no host sync."""
+    clipper = FACTORIES[name]()
+    for _ in range(2):
+        result = clipper.decide(torch.tensor(1.0, device="meta"))
+    assert result.coef.device.type == "meta" and result.skip.dtype == torch.bool
+    assert all(v.device.type == "meta" for v in clipper._state.values())
+
+
+def test_agc_never_reads_a_tensor_value_on_the_host():
+    w = torch.zeros(3, 4, device="meta", requires_grad=True)
+    b = torch.zeros(4, device="meta", requires_grad=True)
+    w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
+    assert AGC()([w, b]).coef.device.type == "meta"
+
+
+def test_repr_shows_the_settings():
+    assert repr(EMAClip(factor=3.0)) == (
+        "EMAClip(factor=3.0, beta=0.98, warmup_steps=25, skip_factor=None)"
+    )
+    assert repr(ZClip()).startswith("ZClip(alpha=0.97, z_thresh=2.5, max_grad_norm=None,")
+    assert repr(AGC(exclude="fc.*")) == "AGC(clip_factor=0.01, eps=0.001, exclude=('fc.*',))"

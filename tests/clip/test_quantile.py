@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from traintech.clip import QuantileClip
-from traintech.clip._quantile import window_quantile
+from traintech.clip._quantile import replace_sorted, window_quantile
 
 
 def _sequence(steps, seed=0):
@@ -76,11 +76,48 @@ def test_matches_the_autoclip_package(quantile, window, seed):
     size=st.integers(1, 12),
 )
 def test_window_quantile_equals_numpy(values, quantile, size):
-    history = torch.full((size,), math.inf, dtype=torch.float64)
     kept = values[-size:]
-    # Ring order does not matter for a quantile: place the kept values in a rotated layout.
-    for i, v in enumerate(kept):
-        history[(i + len(values)) % size] = v
-    got = window_quantile(history, torch.tensor(len(values)), quantile).item()
+    ordered = torch.full((size,), math.inf, dtype=torch.float64)
+    ordered[: len(kept)] = torch.tensor(sorted(kept), dtype=torch.float64)
+    got = window_quantile(ordered, torch.tensor(len(values)), quantile).item()
     expected = math.inf if not kept else float(np.quantile(kept, quantile))
     assert got == expected
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]) | st.floats(0, 10), min_size=1,
+                    max_size=12),
+    pick=st.integers(0, 11),
+    new=st.sampled_from([0.5, 1.0, 2.0, 3.0, math.inf]) | st.floats(0, 10),
+    pad=st.integers(0, 3),
+)
+def test_replace_sorted_removes_one_and_inserts_one(values, pick, new, pad):
+    """Duplicates, the inf padding and equal old/new values included."""
+    ordered = torch.tensor(sorted(values) + [math.inf] * pad, dtype=torch.float64)
+    old = ordered[pick % len(ordered)]
+    expected = sorted(ordered.tolist())
+    expected.remove(old.item())
+    expected = sorted(expected + [new])
+    positions = torch.arange(len(ordered))
+    got = replace_sorted(ordered, positions, old, torch.tensor(new, dtype=torch.float64))
+    assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("quantile, window, skip", [(0.9, 50, None), (0.5, 7, 1.5), (0.0, 1, 1.0),
+                                                   (1.0, 4, None), (0.3, 200, 2.0)])
+def test_cpu_scalar_path_equals_tensor_path(quantile, window, skip):
+    norms = _sequence(150, seed=8)
+    norms[10:14] = [norms[9]] * 4  # duplicates in the window
+    for i in (0, 5, 90):
+        norms.insert(i, [math.nan, math.inf, -math.inf][i % 3])
+    host = QuantileClip(quantile=quantile, window=window, skip_factor=skip)
+    device = QuantileClip(quantile=quantile, window=window, skip_factor=skip)
+    device._host_math = False
+    outs = []
+    for clipper in (host, device):
+        results = [clipper.decide(torch.tensor(x, dtype=torch.float64)) for x in norms]
+        outs.append(str([(r.coef.item(), r.threshold.item(), bool(r.skip)) for r in results]))
+    assert outs[0] == outs[1]
+    for key in ("history", "sorted", "count"):
+        assert torch.equal(host.state_dict()[key], device.state_dict()[key])

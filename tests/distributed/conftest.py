@@ -105,6 +105,12 @@ def launch(
 
 
 @pytest.fixture(scope="session")
+def rank_env() -> dict[str, str]:
+    """The environment :func:`launch` gives each rank (for tests that start ``torchrun``)."""
+    return child_env()
+
+
+@pytest.fixture(scope="session")
 def run_ranks(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[Any]]:
     """``run_ranks(target, world_size, timeout=60, **kwargs)`` -> list of per-rank results.
 

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 
@@ -84,3 +86,27 @@ def test_module_hint_rejects_a_foreign_tensor():
     conv = nn.Conv2d(4, 8, 3)
     with pytest.raises(ValueError, match="tensor of shape"):
         ti.fan_in_and_fan_out(torch.empty(8, 4, 5, 5), conv)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    transposed=st.booleans(),
+)
+def test_conv_fans_follow_the_formula(
+    groups, per_group_in, per_group_out, kernel, stride, transposed
+):
+    c_in, c_out = groups * per_group_in, groups * per_group_out
+    cls = nn.ConvTranspose2d if transposed else nn.Conv2d
+    layer = cls(c_in, c_out, kernel, stride=stride, groups=groups, bias=False, device="meta")
+    k, s = kernel[0] * kernel[1], stride[0] * stride[1]
+    if transposed:
+        expected = (per_group_in * k / s, per_group_out * k)
+    else:
+        expected = (per_group_in * k, per_group_out * k / s)
+    assert ti.fan_in_and_fan_out(layer.weight, layer) == pytest.approx(expected)
+    assert ti.fan_in_and_fan_out(layer.weight) == torch_fans(layer.weight)

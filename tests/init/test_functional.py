@@ -101,8 +101,17 @@ def test_without_generator_uses_the_global_rng_like_torch():
 
 @pytest.mark.parametrize(
     "init",
-    [ti.xavier_uniform_, ti.xavier_normal_, ti.kaiming_uniform_, ti.kaiming_normal_,
-     ti.orthogonal_, ti.trunc_normal_, ti.lecun_normal_, ti.lecun_uniform_, ti.variance_scaling_],
+    [
+        ti.xavier_uniform_,
+        ti.xavier_normal_,
+        ti.kaiming_uniform_,
+        ti.kaiming_normal_,
+        ti.orthogonal_,
+        ti.trunc_normal_,
+        ti.lecun_normal_,
+        ti.lecun_uniform_,
+        ti.variance_scaling_,
+    ],
 )
 def test_meta_tensors_are_left_alone_and_grad_not_recorded(init):
     meta = torch.empty(6, 4, device="meta")
@@ -120,8 +129,20 @@ def test_kaiming_zero_element_warns_like_torch():
         assert ti.orthogonal_(torch.empty(0, 3)).numel() == 0
 
 
-NONLINEARITIES = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                  "conv_transpose3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
+NONLINEARITIES = [
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+]
 
 
 @pytest.mark.parametrize("name", NONLINEARITIES)
@@ -137,8 +158,9 @@ def test_calculate_gain_values_from_the_formulas():
     assert ti.calculate_gain("selu") == 0.75
 
 
-@pytest.mark.parametrize(("name", "param"), [("gelu", None), ("Relu", None), ("leaky_relu", "x"),
-                                             ("leaky_relu", True)])
+@pytest.mark.parametrize(
+    ("name", "param"), [("gelu", None), ("Relu", None), ("leaky_relu", "x"), ("leaky_relu", True)]
+)
 def test_calculate_gain_errors_match_torch(name, param):
     with pytest.raises(ValueError) as ours:
         ti.calculate_gain(name, param)

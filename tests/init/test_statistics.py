@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 import traintech.init as ti
@@ -29,14 +31,18 @@ def _sample_var_f64(t):
         (lambda t, g: ti.xavier_normal_(t, gain=2.0, generator=g), 4 * 2.0 / (IN + OUT)),
         (lambda t, g: ti.kaiming_uniform_(t, nonlinearity="relu", generator=g), 2.0 / IN),
         (lambda t, g: ti.kaiming_normal_(t, a=0.3, generator=g), 2.0 / ((1 + 0.09) * IN)),
-        (lambda t, g: ti.kaiming_normal_(t, mode="fan_out", nonlinearity="relu", generator=g),
-         2.0 / OUT),
+        (
+            lambda t, g: ti.kaiming_normal_(t, mode="fan_out", nonlinearity="relu", generator=g),
+            2.0 / OUT,
+        ),
         (lambda t, g: ti.lecun_uniform_(t, generator=g), 1.0 / IN),
         (lambda t, g: ti.lecun_normal_(t, generator=g), 1.0 / IN),
         (lambda t, g: ti.variance_scaling_(t, 3.0, "fan_avg", generator=g), 3.0 / ((IN + OUT) / 2)),
         (lambda t, g: ti.variance_scaling_(t, 0.5, "fan_out", "uniform", generator=g), 0.5 / OUT),
-        (lambda t, g: ti.variance_scaling_(t, 2.0, "fan_in", "untruncated_normal", generator=g),
-         2.0 / IN),
+        (
+            lambda t, g: ti.variance_scaling_(t, 2.0, "fan_in", "untruncated_normal", generator=g),
+            2.0 / IN,
+        ),
     ],
 )
 def test_variance_matches_formula(init, expected_var, seed):
@@ -65,8 +71,14 @@ def test_normal_inits_pass_ks(seed):
 
 @pytest.mark.parametrize(
     ("mean", "std", "a", "b"),
-    [(0.0, 1.0, -2.0, 2.0), (0.5, 2.0, -1.0, 3.0), (0.0, 1.0, 1.5, 4.0), (0.0, 1.0, -9.0, -6.0),
-     (1.0, 0.1, 1.35, 1.4), (0.0, 0.02, -2.0, 2.0)],
+    [
+        (0.0, 1.0, -2.0, 2.0),
+        (0.5, 2.0, -1.0, 3.0),
+        (0.0, 1.0, 1.5, 4.0),
+        (0.0, 1.0, -9.0, -6.0),
+        (1.0, 0.1, 1.35, 1.4),
+        (0.0, 0.02, -2.0, 2.0),
+    ],
 )
 def test_trunc_normal_is_the_truncated_distribution(mean, std, a, b, seed):
     # covers both samplers: rejection (kept mass > 0.3) and inverse CDF (far tails)
@@ -104,7 +116,24 @@ def test_orthogonal_rows_or_columns_are_orthonormal(shape, gain, seed):
 def test_orthogonal_is_haar_distributed(seed):
     # for Haar Q of size n, Q[0, 0]^2 ~ Beta(1/2, (n-1)/2) and its sign is +-1 equally often
     n = 16
-    firsts = np.array([ti.orthogonal_(torch.empty(n, n, dtype=torch.float64),
-                                      generator=seed)[0, 0].item() for _ in range(400)])
+    firsts = np.array(
+        [
+            ti.orthogonal_(torch.empty(n, n, dtype=torch.float64), generator=seed)[0, 0].item()
+            for _ in range(400)
+        ]
+    )
     assert stats.kstest(firsts**2, stats.beta(0.5, (n - 1) / 2).cdf).pvalue > 1e-3
     assert abs((firsts > 0).mean() - 0.5) < 5 * 0.5 / math.sqrt(400)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 24), cols=st.integers(1, 24), gain=st.floats(0.0, 3.0))
+def test_orthogonal_property(rows, cols, gain):
+    w = ti.orthogonal_(
+        torch.empty(rows, cols, dtype=torch.float64),
+        gain=gain,
+        generator=torch.Generator().manual_seed(rows * 31 + cols),
+    )
+    gram = w @ w.T if rows <= cols else w.T @ w
+    eye = torch.eye(min(rows, cols), dtype=torch.float64)
+    torch.testing.assert_close(gram, gain**2 * eye, atol=1e-10, rtol=0)

@@ -171,3 +171,26 @@ def test_reset_parameters_restores_defaults(seed):
     assert torch.equal(bn.running_mean, torch.zeros(3))
     assert torch.equal(bn.running_var, torch.ones(3))
     assert int(bn.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("cls", [tn.BatchNorm2d, tn.GhostBatchNorm])
+def test_resume_from_state_dict_continues_bit_for_bit(cls, seed):
+    a = cls(3, momentum=None)
+    xs = [torch.randn(6, 3, 2, 2, generator=seed) for _ in range(6)]
+    for x in xs[:3]:
+        a(x)
+    b = cls(3, momentum=None)
+    b.load_state_dict(a.state_dict())
+    for x in xs[3:]:
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_ghost_batch_norm_bf16_statistics_in_fp32(seed):
+    gbn = tn.GhostBatchNorm(3, virtual_batch_size=4).to(torch.bfloat16)
+    x = torch.randn(8, 3, 5, generator=seed) * 4 + 100  # large mean: bf16 stats would be poor
+    y = gbn(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    ref = torch.cat([ref_batch_norm(c, None, None, 1e-5) for c in x.to(torch.bfloat16).split(4)])
+    assert_close_to_f64(y, ref, dtype=torch.bfloat16, atol=3e-2)

@@ -167,3 +167,84 @@ def test_fused_layers_share_state_dict_with_plain_layers(seed):
     ln = nn.LayerNorm(8)
     fln = tn.FusedAddLayerNorm(8)
     fln.load_state_dict(ln.state_dict(), strict=True)
+
+
+@pytest.mark.slow
+def test_rms_norm_and_fused_add_work_under_torch_compile(seed):
+    torch._dynamo.reset()
+    layer, fused = tn.RMSNorm(8), tn.FusedAddRMSNorm(8)
+    x = torch.randn(2, 3, 8, generator=seed, requires_grad=True)
+    r = torch.randn(2, 3, 8, generator=seed)
+    y = torch.compile(layer, backend="aot_eager")(x)
+    y.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    layer(x).sum().backward()
+    torch.testing.assert_close(y, layer(x))
+    torch.testing.assert_close(gx, x.grad)
+    yf, hf = torch.compile(fused, backend="aot_eager")(x, r)
+    y2, h2 = fused(x, r)
+    torch.testing.assert_close(yf, y2)
+    torch.testing.assert_close(hf, h2)
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_under_cpu_autocast_matches_torch(dtype, seed):
+    x = torch.randn(4, 64, generator=seed).to(dtype).requires_grad_()
+    ours, theirs = tn.RMSNorm(64), nn.RMSNorm(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = ours(x), theirs(x)
+    assert ya.dtype == yb.dtype
+    torch.testing.assert_close(ya, yb)
+    ga = torch.autograd.grad(ya.float().sum(), [x, ours.weight])
+    gb = torch.autograd.grad(yb.float().sum(), [x, theirs.weight])
+    for a, b in zip(ga, gb, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("fused", [False, True])
+def test_blocked_cpu_kernel_equals_single_block(dtype, affine, fused, seed, monkeypatch):
+    import traintech.norm._rms_norm as rms_module
+
+    x = torch.randn(11, 16, generator=seed).to(dtype).requires_grad_()
+    r = torch.randn(11, 16, generator=seed).to(dtype).requires_grad_()
+    w = torch.randn(16, generator=seed).to(dtype).requires_grad_()
+    gy, gh = (torch.randn(11, 16, generator=seed).to(dtype) for _ in range(2))
+    weight = w if affine else None
+    inputs = [x, r, w] if affine else [x, r]
+    results = []
+    itemsize = 8 if dtype == torch.float64 else 4  # blocks are sized in the stat dtype
+    for block_bytes in (1 << 30, 3 * 16 * itemsize):  # one block; blocks of 3 rows (3+3+3+2)
+        monkeypatch.setattr(rms_module, "_CPU_BLOCK_BYTES", block_bytes)
+        if fused:
+            y, h = F.fused_add_rms_norm(x, r, (16,), weight, 1e-5)
+            outs, grads_in = (y, h), (gy, gh)
+        else:
+            y = F.rms_norm(x + r, (16,), weight, 1e-5)
+            outs, grads_in = (y,), (gy,)
+        results.append([*outs, *torch.autograd.grad(outs, inputs, grads_in)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # and the blocked result against the float64 reference
+    xr, rr = x.detach().double().requires_grad_(), r.detach().double().requires_grad_()
+    wr = w.detach().double().requires_grad_()
+    hr = xr + rr
+    yr = ref_rms_norm(hr, 1, wr if affine else None, 1e-5)
+    outs_r = (yr, hr) if fused else (yr,)
+    grads_r = torch.autograd.grad(
+        outs_r, [xr, rr, wr] if affine else [xr, rr], (gy.double(), gh.double())[: len(outs_r)]
+    )
+    tol = 1e-10 if dtype == torch.float64 else 3e-2
+    for a, b in zip(results[1][len(outs_r) :], grads_r, strict=True):
+        assert_close_to_f64(a, b, rtol=tol, atol=tol * 10)
+
+
+def test_half_input_saves_half_input_and_fp32_rstd(seed):
+    x = torch.randn(6, 32, generator=seed).to(torch.bfloat16).requires_grad_()
+    y = tn.RMSNorm(32).to(torch.bfloat16)(x)
+    dtypes = sorted(str(t.dtype) for t in y.grad_fn.saved_tensors if t is not None)
+    assert dtypes == ["torch.bfloat16", "torch.bfloat16", "torch.float32"]  # x, weight, rstd

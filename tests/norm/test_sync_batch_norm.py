@@ -113,14 +113,15 @@ def test_state_dict_round_trip_with_torch(seed: torch.Generator) -> None:
         assert torch.equal(back.state_dict()[key], value)
 
 
-def test_old_checkpoint_without_batch_counter_loads() -> None:
+def test_old_checkpoint_without_batch_counter_loads_as_torch_does() -> None:
     sd = SyncBatchNorm(3).state_dict()
     del sd["num_batches_tracked"]
     sd._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
-    bn = SyncBatchNorm(3)
-    bn.num_batches_tracked.fill_(4)  # type: ignore[union-attr]
-    bn.load_state_dict(sd)
-    assert int(bn.num_batches_tracked) == 0  # type: ignore[arg-type]
+    ours, theirs = SyncBatchNorm(3), nn.SyncBatchNorm(3)
+    for bn in (ours, theirs):
+        bn.num_batches_tracked.fill_(4)  # type: ignore[union-attr]
+        bn.load_state_dict(sd)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked)  # type: ignore[arg-type]
 
 
 def test_one_value_per_channel_in_training_raises() -> None:
@@ -192,3 +193,15 @@ def test_convert_single_layer_and_classmethod() -> None:
 def test_convert_rejects_non_module() -> None:
     with pytest.raises(TypeError, match="module"):
         convert_sync_batchnorm([nn.BatchNorm1d(2)])  # type: ignore[arg-type]
+
+
+def test_convert_traintech_batchnorm_but_not_ghost_batchnorm() -> None:
+    from traintech.norm import BatchNorm2d, GhostBatchNorm, is_batchnorm
+
+    net = nn.Sequential(BatchNorm2d(3, momentum=None), GhostBatchNorm(3, 4))
+    bn_weight = net[0].weight
+    convert_sync_batchnorm(net)
+    assert type(net[0]) is SyncBatchNorm and net[0].weight is bn_weight
+    assert net[0].momentum is None
+    assert type(net[1]) is GhostBatchNorm
+    assert is_batchnorm(net[0])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import traintech.norm as tn
@@ -143,3 +145,36 @@ def test_device_and_dtype_keywords(ours, theirs, args, dtype):
         assert sa[k].dtype == sb[k].dtype, k
         assert sa[k].device == sb[k].device, k
         assert torch.equal(sa[k], sb[k]), k
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(2, 5),
+    groups=st.integers(1, 3),
+    per_group=st.integers(1, 3),
+    h=st.integers(1, 4),
+    w=st.integers(2, 4),
+    which=st.sampled_from(["BatchNorm2d", "GroupNorm", "InstanceNorm2d", "LayerNorm"]),
+    seed_=st.integers(0, 1000),
+)
+def test_random_shapes_train_and_eval_match_torch(n, groups, per_group, h, w, which, seed_):
+    c = groups * per_group
+    gen = torch.Generator().manual_seed(seed_)
+    args = {"BatchNorm2d": (c,), "GroupNorm": (groups, c), "InstanceNorm2d": (c, 1e-5, 0.1, True),
+            "LayerNorm": ((c, h, w),)}[which]  # fmt: skip
+    ours, theirs = getattr(tn, which)(*args), getattr(nn, which)(*args)
+    _randomize(theirs, gen)
+    ours.load_state_dict(theirs.state_dict())
+    for mode in (True, False):
+        ours.train(mode)
+        theirs.train(mode)
+        x = torch.randn(n, c, h, w, generator=gen) * 3 - 1
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), theirs(xb)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        g = torch.randn(ya.shape, generator=gen)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+        for pa, pb in zip(ours.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-4)

@@ -10,12 +10,34 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _device_has_foreach_support
+from torch._utils import _flatten_dense_tensors
+from torch.utils._foreach_utils import (
+    _device_has_foreach_support,
+    _group_tensors_by_device_and_dtype,
+)
 
 
 def device_has_foreach(device: torch.device) -> bool:
     """Whether torch's ``_foreach_*`` kernels support tensors on ``device``."""
     return bool(_device_has_foreach_support(device))
+
+
+def group_by_device_dtype(
+    tensors: list[Tensor],
+) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
+    """Group tensors by (device, dtype) in one C++ call, keeping their order within each group."""
+    if not tensors:
+        return {}
+    first = tensors[0]
+    if len(tensors) == 1:
+        return {(first.device, first.dtype): tensors}
+    grouped = _group_tensors_by_device_and_dtype([tensors])  # type: ignore[list-item]
+    return {key: [t for t in lists[0] if t is not None] for key, (lists, _) in grouped.items()}
+
+
+def flatten_dense(tensors: list[Tensor]) -> Tensor:
+    """Concatenate dense tensors of one dtype into a new 1-D tensor (one C++ call)."""
+    return _flatten_dense_tensors(tensors)
 
 
 def record_scaler_found_inf(

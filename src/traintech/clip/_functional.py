@@ -13,8 +13,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from traintech.clip._compat import device_has_foreach
-from traintech.clip._norm import ParamsLike, as_tensor_list, group_by_device_dtype, total_norm
+from traintech._distributed import local_tensors
+from traintech.clip._compat import device_has_foreach, group_by_device_dtype
+from traintech.clip._norm import ParamsLike, as_tensor_list, total_norm
 
 #: Added to the norm in the clip coefficient, as in torch.
 CLIP_EPS = 1e-6
@@ -59,14 +60,17 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
     """Multiply every tensor in ``grads`` by the 0-dim ``coef`` in place, grouped by device/dtype.
 
     On CPU the multiply is skipped when ``coef`` is exactly 1 (reading a CPU scalar is free; on an
-    accelerator the multiply always runs, so there is no host sync).
+    accelerator the multiply always runs, so there is no host sync). DTensor gradients are
+    scaled through their local shards.
     """
     if not grads:
         return
-    if coef.device.type == "cpu" and coef.item() == 1.0:
-        if all(g.device.type == "cpu" for g in grads):
-            return
+    grads = local_tensors(grads)
+    # Reading a CPU scalar costs no device sync; multiplying by exactly 1.0 changes nothing.
+    is_one = coef.device.type == "cpu" and coef.item() == 1.0
     for (device, _), group in group_by_device_dtype(grads).items():
+        if is_one and device.type == "cpu":
+            continue
         coef_dev = coef.to(device)
         if _use_foreach(foreach, device, group):
             torch._foreach_mul_(group, coef_dev)
@@ -168,6 +172,7 @@ def clip_grad_value_(
 @torch.no_grad()
 def clamp_grads_(grads: list[Tensor], clip_value: float, foreach: bool | None = None) -> None:
     """Clamp every tensor in ``grads`` to ``[-clip_value, clip_value]`` in place."""
+    grads = local_tensors(grads)  # elementwise: a DTensor's shards clamp independently
     for (device, _), group in group_by_device_dtype(grads).items():
         if not _use_foreach(foreach, device, group):
             for g in group:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._distributed import all_ranks_any
 from traintech.clip._compat import record_scaler_found_inf, scaler_scale
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
@@ -27,7 +28,8 @@ class StepReport:
         coef: 0-dim tensor, the clip coefficient applied to the update (1.0 = none).
         skipped: 0-dim bool tensor, True when the optimizer update was skipped.
         clip: the clipper's :class:`ClipResult`, or None without a clipper or when the norm was
-            non-finite (the clipper is then not consulted).
+            non-finite (the clipper is then not consulted; on the fused path a stateless
+            clipper is consulted with a zero norm instead, to avoid a host sync).
         fused: True when the coefficient was folded into a fused optimizer's step.
     """
 
@@ -89,6 +91,7 @@ class GuardedStep:
             ``fold=True`` where folding is impossible.
 
     Example:
+        >>> from traintech.clip import NormClip
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> guard = GuardedStep(opt, NormClip(1.0))
@@ -131,6 +134,9 @@ class GuardedStep:
             )
         self.optimizer = optimizer
         self.clipper = clipper
+        if clipper is not None and getattr(clipper, "needs_parameters", False):
+            if not getattr(clipper, "is_bound", True):  # e.g. AGC(): read the optimizer's weights
+                clipper.bind([p for g in optimizer.param_groups for p in g["params"]])  # type: ignore[attr-defined]
         self.scaler = scaler
         self.max_norm_skip = (
             None if max_norm_skip is None else check_nonneg("max_norm_skip", max_norm_skip)
@@ -187,17 +193,39 @@ class GuardedStep:
                 "the optimizer's parameters have no gradients: call GuardedStep.step() after "
                 "loss.backward()"
             )
-        use_fold = self.fold and all(
-            p in self.optimizer.state for p in params if p.grad is not None
-        )
+        use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
         self._count(report)
         return report
+
+    def _state_ready(self, params: list[Tensor]) -> bool:
+        """Whether a skipped fused step would leave the optimizer state exactly as it is.
+
+        On its first step a fused optimizer creates its state (moments, momentum buffers) even
+        when ``found_inf`` makes the kernel skip the update, so that step takes the plain path.
+        Momentum-free SGD has no state at all.
+        """
+        opt = self.optimizer
+        if isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0 for g in opt.param_groups):
+            return True
+        return all(p in opt.state for p in params if p.grad is not None)
 
     def _measure(self, grads: list[Tensor]) -> Tensor:
         if self.clipper is not None:
             return self.clipper.measure(grads)
         return total_norm(grads, 2.0)
+
+    @staticmethod
+    def _agreed(norm: Tensor) -> Tensor:
+        """``norm``, or NaN on every rank when any rank of the default group has a non-finite one.
+
+        Under DDP a NaN produced after the gradient all-reduce exists on one rank only; one tiny
+        all-reduce of the flag makes every rank skip together (a no-op without a process group).
+        """
+        finite = torch.isfinite(norm)
+        bad = all_ranks_any(~finite).to(norm.device)
+        # A rank's own non-finite norm is kept as it is; a finite one becomes NaN.
+        return torch.where(bad & finite, torch.full_like(norm, torch.nan), norm)
 
     def _active_scaler(self) -> torch.amp.GradScaler | None:
         if self.scaler is not None and self.scaler.is_enabled():
@@ -208,7 +236,7 @@ class GuardedStep:
         scaler = self._active_scaler()
         if scaler is not None:
             scaler.unscale_(self.optimizer)
-        norm = self._measure(grads)
+        norm = self._agreed(self._measure(grads))
         finite = bool(torch.isfinite(norm))
         skip = not finite or (self.max_norm_skip is not None and float(norm) > self.max_norm_skip)
         result: ClipResult | None = None
@@ -219,6 +247,9 @@ class GuardedStep:
             skip = skip or bool(result.skip)
             if not skip:
                 self.clipper.apply(grads, result)
+                applied = getattr(self.clipper, "last_result", None)
+                if getattr(self.clipper, "needs_parameters", False) and applied is not None:
+                    result, coef = applied, applied.coef  # unit-wise rules report after apply
         if not skip:
             if scaler is not None:
                 scaler.step(self.optimizer)
@@ -231,7 +262,7 @@ class GuardedStep:
 
     def _fused_step(self, grads: list[Tensor]) -> StepReport:
         scaler = self._active_scaler()
-        raw = self._measure(grads)
+        raw = self._agreed(self._measure(grads))
         device = raw.device
         amp_scale = None if scaler is None else scaler_scale(scaler).to(device)
         norm = raw if amp_scale is None else raw / amp_scale.to(raw.dtype)
@@ -242,7 +273,10 @@ class GuardedStep:
         result: ClipResult | None = None
         coef = torch.ones((), dtype=norm.dtype, device=device)
         if self.clipper is not None and (not self.clipper.stateful or not bool(nonfinite)):
-            result = self.clipper.decide(norm)
+            # decide() never sees a non-finite norm: a stateless clipper judges a zero norm
+            # instead (no host sync), and the skip flag already holds the verdict.
+            safe = torch.where(nonfinite, torch.zeros_like(norm), norm)
+            result = self.clipper.decide(safe)
             coef = result.coef
             bad = bad | result.skip.to(device)
         inv = 1.0 / coef.to(torch.float32)

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from traintech.clip._compat import flatten_dense, group_by_device_dtype
+
 ParamsLike = Tensor | Iterable[Tensor]
 
 #: Elements per row in the CPU reduction: each row is reduced in float32 (its error grows with
@@ -32,7 +34,7 @@ ROW = 1 << 12
 DOT_CHUNK = 1 << 18
 
 #: fp16/bf16 gradients are widened to float32 this many elements at a time (fits in L2).
-CHUNK = 1 << 16
+CHUNK = 1 << 17
 
 #: Tensors below this many elements are concatenated before the CPU reduction (one call, not n).
 _SMALL = 1 << 12
@@ -111,19 +113,30 @@ def _row_norms(flat: Tensor, norm_type: float, acc: torch.dtype) -> list[Tensor]
     return [o.to(acc) for o in out]
 
 
+def _widened_row_norms(flat: Tensor, norm_type: float) -> list[Tensor]:
+    """Row norms of an fp16/bf16 tensor, widened to float32 one cache-sized chunk at a time."""
+    n_full = flat.numel() // CHUNK
+    out = []
+    if n_full:
+        norms = torch.empty(n_full, CHUNK // ROW)
+        buf = torch.empty(CHUNK)
+        rows = buf.view(-1, ROW)
+        chunks = flat[: n_full * CHUNK].view(n_full, CHUNK)
+        for k in range(n_full):
+            buf.copy_(chunks[k])
+            torch.linalg.vector_norm(rows, norm_type, dim=1, out=norms[k])
+        out.append(norms.view(-1))
+    if flat.numel() > n_full * CHUNK:
+        out.extend(_row_norms(flat[n_full * CHUNK :].float(), norm_type, torch.float32))
+    return out
+
+
 def _cpu_powsum(flat: Tensor, norm_type: float, exact: bool) -> Tensor:
     r"""float64 :math:`\sum |x|^p` of a contiguous 1-D floating tensor on CPU."""
     if exact:
         rows = [torch.linalg.vector_norm(flat, norm_type, dtype=torch.float64).reshape(1)]
     elif flat.dtype in (torch.float16, torch.bfloat16):
-        # Widen one cache-sized chunk at a time into a reused float32 buffer.
-        buf = torch.empty(min(CHUNK, flat.numel()), dtype=torch.float32)
-        rows = []
-        for start in range(0, flat.numel(), CHUNK):
-            piece = flat[start : start + CHUNK]
-            view = buf[: piece.numel()]
-            view.copy_(piece)
-            rows.extend(_row_norms(view, norm_type, torch.float32))
+        rows = _widened_row_norms(flat, norm_type)
     elif norm_type == 2.0:
         # BLAS dot is the fastest single-thread reduction torch has; DOT_CHUNK keeps it accurate.
         squares = [torch.dot(c, c).reshape(1) for c in flat.split(DOT_CHUNK)]
@@ -148,17 +161,18 @@ def _cpu_group_partial(grads: list[Tensor], norm_type: float, exact: bool = Fals
         return torch.stack(maxima).max() if maxima else torch.zeros((), dtype=torch.float64)
     parts: list[Tensor] = []
     small: list[Tensor] = []
+    plain_dtype = grads[0].dtype in _FLOATS  # one dtype per group
     for g in grads:
-        if g.dtype in _FLOATS and g.layout == torch.strided and g.is_contiguous():
+        if plain_dtype and g.layout == torch.strided and g.is_contiguous():
             if g.numel() < _SMALL:
-                small.append(g.view(-1))
+                small.append(g)
             else:
                 parts.append(_cpu_powsum(g.view(-1), norm_type, exact))
         else:  # complex, sparse, strided views: torch's own reduction
             norm = torch.linalg.vector_norm(g, norm_type)
             parts.append(norm.double().pow(norm_type))
     if small:
-        parts.append(_cpu_powsum(torch.cat(small), norm_type, exact))
+        parts.append(_cpu_powsum(flatten_dense(small), norm_type, exact))
     if not parts:
         return torch.zeros((), dtype=torch.float64)
     return torch.stack(parts).sum()
@@ -175,16 +189,6 @@ def _device_group_partial(grads: list[Tensor], norm_type: float, device: torch.d
     if is_inf_norm(norm_type):
         return stacked.max()
     return stacked.pow(norm_type).sum()
-
-
-def group_by_device_dtype(
-    grads: list[Tensor],
-) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
-    """Group tensors by (device, dtype), keeping their order within each group."""
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    return groups
 
 
 def partial_power_sums(grads: list[Tensor], norm_type: float) -> list[Tensor]:
@@ -243,6 +247,7 @@ def _torch_formula_norm(grads: list[Tensor], norm_type: float, dtype: torch.dtyp
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
+@torch.no_grad()
 def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     r"""The ``norm_type``-norm of all ``grads`` viewed as one vector.
 
@@ -251,12 +256,18 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
         \qquad \|g\|_\infty = \max_{i,j} |g_{ij}|
 
     Accumulated in float64 from float32 chunks (see the module docstring); fp16/bf16 gradients are
-    reduced in float32. Returns a 0-dim tensor on the device of the first gradient, float64 when
-    any gradient is float64 and float32 otherwise (0.0 when ``grads`` is empty). For
+    reduced in float32. DTensor gradients (FSDP2, tensor parallel) give the norm of the whole,
+    unsharded gradient, the same on every rank (:mod:`traintech.clip._sharded`). Returns a 0-dim
+    tensor on the device of the first gradient, float64 when any gradient is float64 and float32
+    otherwise (0.0 when ``grads`` is empty). For
     ``norm_type <= 0`` (or nan) it follows torch's definition (the norm of the per-tensor norms).
     """
     if len(grads) == 0:
         return torch.tensor(0.0)
+    from traintech.clip._sharded import has_dtensor, sharded_total_norms
+
+    if has_dtensor(grads):  # FSDP2 / tensor parallel: the global norm, one all-reduce
+        return sharded_total_norms([grads], norm_type)[0]
     dtype = result_dtype(grads)
     if not _is_regular(norm_type):
         return _torch_formula_norm(grads, norm_type, dtype)

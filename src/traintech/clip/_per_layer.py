@@ -8,8 +8,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from traintech._distributed import local_tensors
 from traintech.clip._functional import CLIP_EPS, scale_grads_
 from traintech.clip._norm import ROW, total_norm
+from traintech.clip._sharded import has_dtensor, sharded_total_norms
 from traintech.clip._validate import check_nonneg, check_norm_type
 
 NamedParams = nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
@@ -130,13 +132,15 @@ def _scale_layers(
     )
     clamped = torch.clamp(limit / (stacked + CLIP_EPS), max=1.0)
     coefs = torch.where(torch.isinf(limit), torch.ones_like(clamped), clamped).unbind()
-    tensors = [g for grads in groups.values() for g in grads]
+    tensors = local_tensors([g for grads in groups.values() for g in grads])
     per_tensor = [c for c, grads in zip(coefs, groups.values(), strict=True) for _ in grads]
     torch._foreach_mul_(tensors, per_tensor)
 
 
 def _layer_norms(groups: dict[str, list[Tensor]], norm_type: float) -> list[Tensor]:
     """Norm of each group; one multi-tensor call for the many small single-tensor layers."""
+    if has_dtensor([g for grads in groups.values() for g in grads]):
+        return sharded_total_norms(list(groups.values()), norm_type)  # one all-reduce
     norms: list[Tensor | None] = [None] * len(groups)
     small: list[int] = []
     for i, grads in enumerate(groups.values()):

@@ -9,15 +9,21 @@ import torch
 from torch import Tensor
 
 from traintech.clip._protocol import ClipResult
-from traintech.clip._spike import NORM_EPS, AdaptiveClipper, check_count, check_interval
+from traintech.clip._spike import (
+    NORM_EPS,
+    AdaptiveClipper,
+    check_count,
+    check_interval,
+    ieee_div,
+)
 
 
-def window_quantile(history: Tensor, count: Tensor, quantile: float) -> Tensor:
-    r"""``numpy.quantile`` (method ``"linear"``) of the ``min(count, len(history))`` valid norms.
+def window_quantile(ordered: Tensor, count: Tensor, quantile: float) -> Tensor:
+    r"""``numpy.quantile`` (method ``"linear"``) of the ``min(count, len(ordered))`` valid norms.
 
-    ``history`` holds the valid entries and ``+inf`` in the unused slots, so sorting puts the
-    valid ones first. With :math:`s` the sorted valid norms, :math:`n` their number,
-    :math:`v = (n-1)q`, :math:`j = \lfloor v \rfloor`, :math:`\gamma = v - j`:
+    ``ordered`` holds the valid norms in ascending order followed by ``+inf`` in the unused
+    slots. With :math:`s` the valid norms, :math:`n` their number, :math:`v = (n-1)q`,
+    :math:`j = \lfloor v \rfloor`, :math:`\gamma = v - j`:
 
     .. math::
         Q = \begin{cases}
@@ -26,13 +32,12 @@ def window_quantile(history: Tensor, count: Tensor, quantile: float) -> Tensor:
             s_{j+1} - (s_{j+1} - s_j)(1 - \gamma) & \text{otherwise}
         \end{cases}
 
-    the same arithmetic as numpy's ``_lerp``; :math:`Q = \infty` when :math:`n = 0`. All in
-    tensors: no host sync, and the cost depends on the window, never on the number of steps.
+    the same arithmetic as numpy's ``_lerp``; :math:`Q = \infty` when :math:`n = 0`. Two
+    gathers, no sort and no host sync.
     """
-    size = history.numel()
-    ordered = torch.sort(history).values
+    size = ordered.numel()
     n = count.clamp(max=size)
-    virtual = (n - 1).to(history.dtype) * quantile
+    virtual = (n - 1).to(ordered.dtype) * quantile
     lower = torch.floor(virtual)
     gamma = virtual - lower
     below = lower.to(torch.int64).clamp(0, size - 1).view(1)
@@ -42,7 +47,25 @@ def window_quantile(history: Tensor, count: Tensor, quantile: float) -> Tensor:
     diff = b - a
     lerp = torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
     value = torch.where(virtual >= n - 1, ordered.index_select(0, last)[0], lerp)
-    return torch.where(n == 0, history.new_full((), math.inf), value)
+    return torch.where(n == 0, ordered.new_full((), math.inf), value)
+
+
+def replace_sorted(ordered: Tensor, positions: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    """``ordered`` (ascending) with one copy of ``old`` removed and ``new`` inserted, in O(len).
+
+    ``positions`` is ``arange(len(ordered))``. Entry ``k`` of the result is ``new`` at the
+    insertion point ``j``, else ``ordered[k + 1]`` between the removal point ``i`` and ``j``,
+    ``ordered[k - 1]`` between ``j`` and ``i``, and ``ordered[k]`` elsewhere: three selects,
+    no sort.
+    """
+    removed_at = torch.searchsorted(ordered, old.view(1))[0]
+    inserted_at = torch.searchsorted(ordered, new.view(1))[0] - (old < new).to(torch.int64)
+    from_next = (positions < inserted_at) & (positions >= removed_at)
+    from_prev = (positions > inserted_at) & (positions <= removed_at)
+    following = torch.cat([ordered[1:], ordered[-1:]])
+    preceding = torch.cat([ordered[:1], ordered[:-1]])
+    shifted = torch.where(from_next, following, torch.where(from_prev, preceding, ordered))
+    return torch.where(positions == inserted_at, new, shifted)
 
 
 class QuantileClip(AdaptiveClipper):
@@ -57,9 +80,10 @@ class QuantileClip(AdaptiveClipper):
 
     where :math:`Q_q` is numpy's default (linear) quantile and :math:`h` keeps the raw,
     unclipped norm, as the paper does (a quantile is robust to one spike). The first step is
-    not clipped. The norms live in a fixed ring buffer and the quantile sorts that buffer, so
-    the cost of a step does not grow with the number of steps (the ``autoclip`` package
-    re-stacks its history and calls ``torch.quantile`` on it every step).
+    not clipped. The norms live in a fixed ring buffer plus a sorted copy that each step
+    updates in :math:`O(\text{window})` (one value out, one in; no sort), so the cost of a step
+    neither grows with the number of steps nor depends on the values (the ``autoclip`` package
+    re-stacks its history and sorts it in ``torch.quantile`` every step).
 
     Paper: Seetharaman et al., "AutoClip: Adaptive Gradient Clipping for Source Separation
     Networks", https://arxiv.org/abs/2007.14469 (``quantile`` 0.1 there for audio networks;
@@ -96,8 +120,10 @@ class QuantileClip(AdaptiveClipper):
         self.quantile, self.window = quantile, window
         self._state = {
             "history": torch.full((window,), math.inf, dtype=torch.float64),  # ring buffer
+            "sorted": torch.full((window,), math.inf, dtype=torch.float64),  # same, ascending
             "count": torch.zeros((), dtype=torch.int64),  # finite norms seen
         }
+        self._positions = torch.arange(window)
 
     def _settings(self) -> dict[str, Any]:
         return {"quantile": self.quantile, "window": self.window, "skip_factor": self.skip_factor}
@@ -118,15 +144,54 @@ class QuantileClip(AdaptiveClipper):
         A non-finite ``norm`` changes nothing and gets ``coef`` 1 and ``skip`` True.
         """
         g = self._follow(norm)
+        if g.device.type == "cpu" and self._host_math:
+            return self._decide_on_host(norm, g.item())
         state = self._state
+        if self._positions.device != g.device:
+            self._positions = self._positions.to(g.device)
         finite = torch.isfinite(g)
-        threshold = window_quantile(state["history"], state["count"], self.quantile)
+        threshold = window_quantile(state["sorted"], state["count"], self.quantile)
         spike = finite & (g > threshold)
         coef = torch.clamp(threshold / (g + NORM_EPS), max=1.0)
         slot = (state["count"] % self.window).view(1)
-        ring = state["history"]
-        state["history"] = ring.index_copy(
-            0, slot, torch.where(finite, g, ring.index_select(0, slot)[0]).view(1)
-        )
+        ring, ordered = state["history"], state["sorted"]
+        old = ring.index_select(0, slot)[0]
+        value = torch.where(finite, g, old)  # a non-finite norm replaces old by itself
+        state["history"] = ring.index_copy(0, slot, value.view(1))
+        state["sorted"] = replace_sorted(ordered, self._positions, old, value)
         state["count"] = state["count"] + finite.to(torch.int64)
         return self._result(norm, coef, threshold, spike, threshold, finite)
+
+    def _decide_on_host(self, norm: Tensor, g: float) -> ClipResult:
+        """:meth:`decide` with Python scalars for CPU state: the same values, fewer tiny ops."""
+        state = self._state
+        ordered, ring = state["sorted"], state["history"]
+        finite = math.isfinite(g)
+        count = int(state["count"])
+        n = min(count, self.window)
+        threshold = math.inf
+        if n > 0:
+            virtual = float(n - 1) * self.quantile
+            lower = math.floor(virtual)
+            gamma = virtual - lower
+            if virtual >= n - 1:
+                threshold = ordered[n - 1].item()
+            else:
+                a, b = ordered[lower].item(), ordered[lower + 1].item()
+                diff = b - a
+                threshold = b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+        spike = finite and g > threshold
+        coef = min(ieee_div(threshold, g + NORM_EPS), 1.0) if finite else 1.0
+        if finite:
+            slot = count % self.window
+            old = ring[slot].item()
+            ring[slot] = g
+            removed = int(torch.searchsorted(ordered, old))
+            inserted = int(torch.searchsorted(ordered, g)) - (old < g)
+            if removed < inserted:
+                ordered[removed:inserted] = ordered[removed + 1 : inserted + 1].clone()
+            elif inserted < removed:
+                ordered[inserted + 1 : removed + 1] = ordered[inserted:removed].clone()
+            ordered[inserted] = g
+            state["count"].fill_(count + 1)
+        return self._host_result(norm, coef, threshold, spike, threshold, finite)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
+from torch import Tensor
 
 #: The dropout variants selected by ``mode``.
 MODES = ("inverted", "original")
@@ -17,7 +19,7 @@ def check_p(p: object, name: str = "p", *, allow_one: bool = True) -> float:
         TypeError: if ``p`` is not a real number.
         ValueError: if ``p`` is outside ``[0, 1]`` (or equal to 1 when ``allow_one`` is False).
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1], got {type(p).__name__} ({p!r})")
     value = float(p)
     if math.isnan(value) or value < 0.0 or value > 1.0:
@@ -84,6 +86,8 @@ def uniform(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Float32 uniforms in ``[0, 1)`` of ``shape`` on ``device`` drawn from ``generator``."""
+    if generator is None:  # this overload takes symbolic shapes under torch.compile
+        return torch.rand(shape, device=device, dtype=torch.float32)
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
 
 
@@ -95,3 +99,27 @@ def keep_mask(
 ) -> torch.Tensor:
     """Bool mask of ``shape``: each entry ``True`` (kept) with probability ``1 - p``."""
     return uniform(shape, device, generator) >= p
+
+
+def check_input(input: object, name: str = "input") -> Tensor:
+    """Return ``input`` after checking it is a floating-point (or complex) tensor.
+
+    Raises:
+        TypeError: if ``input`` is not a tensor or has an integer/bool dtype.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+    if not (input.is_floating_point() or input.is_complex()):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {input.dtype}")
+    return input
+
+
+def feature_mask_shape(input: Tensor, batched: bool) -> tuple[int, ...]:
+    """Shape of a per-channel mask: ``(N, C, 1, ...)`` (batched) or ``(C, 1, ...)``."""
+    lead = 2 if batched else 1
+    return tuple(input.shape[:lead]) + (1,) * (input.dim() - lead)
+
+
+def mul(input: Tensor, factor: Tensor | float, inplace: bool) -> Tensor:
+    """``input * factor``, in place when ``inplace``."""
+    return input.mul_(factor) if inplace else input * factor

@@ -49,17 +49,21 @@ class DropConnect(nn.Module):
     ``mode="original"`` uses :math:`W \odot M` in training and :math:`(1-p)W` in eval (the
     paper's mean-field inference). The wrapped layer runs with the masked weight through
     ``torch.func.functional_call``, so any module with a ``weight`` Parameter works
-    (``Linear``, ``Conv*d``, ``Embedding``, ...). The state_dict keys are the wrapped layer's
-    (no ``module.`` prefix): a plain ``nn.Linear`` checkpoint loads into
+    (``Linear``, ``Conv*d``, ``Embedding``, ...), or another parameter via ``weight_name``.
+    The state_dict keys are the wrapped layer's (no ``module.`` prefix): a plain
+    ``nn.Linear`` checkpoint loads into
     ``DropConnect(nn.Linear(...))`` and back. Not to be confused with timm's old
     "drop connect", which is stochastic depth (:class:`DropPath`).
     Paper: https://proceedings.mlr.press/v28/wan13.html.
 
     Args:
-        module: the layer to wrap; must have a ``weight`` ``nn.Parameter``.
+        module: the layer to wrap; must have a ``weight_name`` ``nn.Parameter``.
         p: probability of a weight to be dropped, in ``[0, 1]``. Default: 0.5.
         mode: ``"inverted"`` (default) or ``"original"``.
         generator: source of randomness (default: torch's global generator).
+        weight_name: the parameter to drop. Default: ``"weight"``; e.g. ``"weight_hh_l0"``
+            for the recurrent weights of an ``nn.LSTM`` (the weight-dropped LSTM of
+            AWD-LSTM, Merity et al. 2017, https://arxiv.org/abs/1708.02182).
 
     Example:
         >>> layer = nn.Linear(3, 1, bias=False)
@@ -78,12 +82,16 @@ class DropConnect(nn.Module):
         *,
         mode: str = "inverted",
         generator: torch.Generator | None = None,
+        weight_name: str = "weight",
     ) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-        if not isinstance(getattr(module, "weight", None), nn.Parameter):
+        if not isinstance(weight_name, str):
+            raise TypeError(f"weight_name must be a str, got {type(weight_name).__name__}")
+        if not isinstance(getattr(module, weight_name, None), nn.Parameter):
             raise TypeError(
-                f"module must have a `weight` nn.Parameter to drop (e.g. nn.Linear, nn.Conv2d); "
+                f"module must have a `{weight_name}` nn.Parameter to drop (e.g. nn.Linear, "
+                f"nn.Conv2d; weight_name='weight_hh_l0' for nn.LSTM); "
                 f"{type(module).__name__} has none"
             )
         p = check_p(p)
@@ -94,22 +102,29 @@ class DropConnect(nn.Module):
         self.p = p
         self.mode = mode
         self.generator = generator
-        hook = getattr(self, "register_state_dict_post_hook", None)
-        if hook is None:  # torch < 2.5
-            hook = self._register_state_dict_hook
-        hook(_strip_prefix)
-        self.register_load_state_dict_pre_hook(_add_prefix)
+        self.weight_name = weight_name
+        save_hook = getattr(self, "register_state_dict_post_hook", None)
+        if save_hook is None:  # older torch: the same hook through the private name
+            save_hook = self._register_state_dict_hook
+        save_hook(_strip_prefix)
+        if hasattr(self, "register_load_state_dict_pre_hook"):
+            self.register_load_state_dict_pre_hook(_add_prefix)
+        else:  # older torch
+            self._register_load_state_dict_pre_hook(_add_prefix, with_module=True)
 
     def extra_repr(self) -> str:
-        """``p`` and a non-default ``mode``."""
-        return f"p={self.p}" + (f", mode={self.mode!r}" if self.mode != "inverted" else "")
+        """``p`` and the non-default ``mode`` / ``weight_name``."""
+        text = f"p={self.p}" + (f", mode={self.mode!r}" if self.mode != "inverted" else "")
+        return text + (
+            f", weight_name={self.weight_name!r}" if self.weight_name != "weight" else ""
+        )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped layer with its weight masked (training) or unchanged (eval)."""
-        weight: Tensor = self.module.weight  # type: ignore[assignment]
+        weight: Tensor = getattr(self.module, self.weight_name)
         masked = F.drop_connect(
             weight, self.p, self.training, mode=self.mode, generator=self.generator
         )
         if masked is weight:
             return self.module(*args, **kwargs)
-        return torch.func.functional_call(self.module, {"weight": masked}, args, kwargs)
+        return torch.func.functional_call(self.module, {self.weight_name: masked}, args, kwargs)

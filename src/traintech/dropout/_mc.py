@@ -25,20 +25,25 @@ class MCResult:
     Attributes:
         mean: mean prediction over the samples (class probabilities for classification).
         std: standard deviation over the samples (``correction=0``), same shape as ``mean``.
-        entropy: classification only: predictive entropy :math:`H[\bar p]` in nats (total
+        predictive_entropy: classification only: :math:`H[\bar p]` in nats (total
             uncertainty), one value per prediction (class dimension reduced).
         expected_entropy: classification only: :math:`\frac1T\sum_t H[p_t]` (aleatoric).
-        mutual_information: classification only: ``entropy - expected_entropy`` (epistemic,
-            BALD), clamped at 0.
+        mutual_information: classification only: ``predictive_entropy - expected_entropy``
+            (epistemic, BALD), clamped at 0.
         samples: the ``(n_samples, *output)`` predictions if ``return_samples=True``.
     """
 
     mean: Tensor
     std: Tensor
-    entropy: Tensor | None = None
+    predictive_entropy: Tensor | None = None
     expected_entropy: Tensor | None = None
     mutual_information: Tensor | None = None
     samples: Tensor | None = None
+
+    @property
+    def entropy(self) -> Tensor | None:
+        """Same as :attr:`predictive_entropy` (the total uncertainty)."""
+        return self.predictive_entropy
 
 
 @contextlib.contextmanager
@@ -128,6 +133,7 @@ def mc_predict(
 
     Raises:
         ValueError: if the model has no dropout layer or an argument is out of range.
+        TypeError: if ``model``/``x`` have the wrong type or the model returns no tensor.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5))
@@ -153,8 +159,12 @@ def mc_predict(
             samples_per_forward = 1
         else:
             samples_per_forward = max(1, min(n_samples, MAX_BATCHED_ELEMENTS // max(1, x.numel())))
-    elif samples_per_forward < 1:
-        raise ValueError(f"samples_per_forward must be >= 1, got {samples_per_forward}")
+    elif (
+        isinstance(samples_per_forward, bool)
+        or not isinstance(samples_per_forward, int)
+        or samples_per_forward < 1
+    ):
+        raise ValueError(f"samples_per_forward must be an int >= 1, got {samples_per_forward!r}")
 
     devices = [x.device] if x.device.type == "cuda" else []
     fork: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
@@ -169,10 +179,13 @@ def mc_predict(
             k = min(samples_per_forward, n_samples - done)
             xb = x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
             out = model(xb)
-            if not isinstance(out, Tensor) or (k > 1 and out.shape[0] != k * x.shape[0]):
+            if not isinstance(out, Tensor):
+                raise TypeError(f"model must return a tensor, got {type(out).__name__}")
+            if k > 1 and out.shape[0] != k * x.shape[0]:
                 raise ValueError(
-                    "the model's output must be a tensor with the batch first to stack "
-                    "samples; pass samples_per_forward=1"
+                    f"model maps a batch of {k * x.shape[0]} to an output of shape "
+                    f"{tuple(out.shape)}: stacking samples needs the batch first; pass "
+                    "samples_per_forward=1"
                 )
             outputs.append(out.reshape(k, -1, *out.shape[1:]) if k > 1 else out.unsqueeze(0))
             done += k
@@ -188,13 +201,12 @@ def mc_predict(
     dim = class_dim if class_dim < 0 else class_dim + 1
     probs = torch.softmax(samples, dim=dim)
     mean = probs.mean(0)
-    out_dim = class_dim if class_dim >= 0 else class_dim
-    entropy = -torch.special.xlogy(mean, mean).sum(out_dim)
+    entropy = -torch.special.xlogy(mean, mean).sum(class_dim)
     expected = -torch.special.xlogy(probs, probs).sum(dim).mean(0)
     return MCResult(
         mean=mean,
         std=probs.std(0, correction=0),
-        entropy=entropy,
+        predictive_entropy=entropy,
         expected_entropy=expected,
         mutual_information=(entropy - expected).clamp_min(0.0),
         samples=probs if return_samples else None,

@@ -57,7 +57,7 @@ def calculate_gain(nonlinearity: str, param: int | float | None = None) -> float
 
     Example:
         >>> round(calculate_gain("leaky_relu", 0.2), 6)
-        1.386750
+        1.38675
         >>> calculate_gain("tanh")
         1.6666666666666667
     """

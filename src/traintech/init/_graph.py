@@ -11,22 +11,15 @@ function, so not a module at all) read directly.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
 
-from torch import fx, nn
+from torch import nn
 
 from ._activations import Activation, classify_function, classify_module
+from ._trace import OUTPUT, Summary, analyse, is_weight_layer
 
 __all__ = ["Followers", "find_followers", "is_weight_layer"]
-
-_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
-_MAX_DEPTH = 64
-
-
-def is_weight_layer(module: nn.Module) -> bool:
-    """Linear, Bilinear and (transposed) convolutions: the layers whose init follows activation."""
-    return isinstance(module, _WEIGHT_LAYERS)
 
 
 @dataclass
@@ -39,84 +32,34 @@ class Followers:
     method: str
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if classify_module(m, module_qualified_name) is not None:
-            return True
-        if type(m).__module__.startswith("traintech."):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-
 def find_followers(model: nn.Module, use_fx: bool = True) -> Followers:
     """Map each weight layer's qualified name to the activation that follows it."""
     modules = dict(model.named_modules())
-    result = Followers({}, {}, [], "module order")
-    graph: fx.Graph | None = None
+    result = Followers({}, {}, [], "module order (fx disabled)")
     if use_fx:
+        cache: dict[Hashable, Summary | None] = {}
         try:
-            graph = _Tracer().trace(model)
+            summary = analyse(model, cache)
         except Exception as exc:  # torch.fx raises many types on untraceable code
             result.method = f"module order (torch.fx could not trace: {type(exc).__name__})"
-    else:
-        result.method = "module order (fx disabled)"
-    if graph is not None:
-        result.method = "fx"
-        for node in graph.nodes:
-            if node.op != "call_module" or node.target not in modules:
-                continue
-            name = str(node.target)
-            if is_weight_layer(modules[name]):
-                found = _follow_node(node, modules, 0)
-                result.activation[name] = _merge(found)
+        else:
+            result.method = "fx"
+            for name, acts in summary.inner.items():
+                final = [
+                    Activation("none", 0.0, "model output") if a == OUTPUT else a for a in acts
+                ]
+                result.activation[name] = _merge(list(dict.fromkeys(final)))
                 result.how[name] = "fx graph"
-                if name not in result.order:
-                    result.order.append(name)
+                result.order.append(name)
     _order_fallback(model, modules, result)
     return result
-
-
-def _classify_node(node: fx.Node, modules: dict[str, nn.Module]) -> Activation | None:
-    if node.op == "call_module":
-        module = modules.get(str(node.target))
-        return None if module is None else classify_module(module, str(node.target))
-    if node.op in ("call_function", "call_method"):
-        return classify_function(node.target, tuple(node.args), dict(node.kwargs))
-    return None
-
-
-def _follow_node(node: fx.Node, modules: dict[str, nn.Module], depth: int) -> list[Activation]:
-    if not node.users:
-        return [Activation("none", 0.0, "model output")]
-    found: list[Activation] = []
-    for user in node.users:
-        kind = _classify_node(user, modules)
-        if kind is None:
-            found.append(Activation("none", 0.0, _node_label(user)))
-        elif kind.family == "transparent":
-            if depth >= _MAX_DEPTH:
-                found.append(Activation("none", 0.0, "search depth exceeded"))
-            else:
-                found.extend(_follow_node(user, modules, depth + 1))
-        else:
-            found.append(kind)
-    return found
-
-
-def _node_label(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return f"consumed by '{node.target}'"
-    if node.op == "output":
-        return "model output"
-    target: Any = node.target
-    return f"consumed by {getattr(target, '__name__', target)}()"
 
 
 def _merge(found: list[Activation]) -> Activation:
     kinds = {(a.family, a.slope) for a in found}
     if len(kinds) == 1:
         return found[0]
-    families = sorted({f"{a.family}" for a in found})
+    families = sorted({a.family for a in found})
     return Activation("none", 0.0, "mixed consumers: " + ", ".join(families))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
@@ -12,10 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from ._activations import Activation, is_norm_module
+from ._checks import check_generator_device
 from ._graph import Followers, find_followers, is_weight_layer
 from ._recurrent import Action, is_recurrent, plan_recurrent
 from ._report import InitRecord, InitReport
+from ._residual import add_residual_scale, resolve_residual
 from ._rules import FAN_INITS, NAMED_INITS, choose_weight_init, named_init, wrap_callable
+from ._thunks import apply_fill, embedding_normal, noop, zero
+from ._thunks import fill as fill_value
 from ._xavier import xavier_normal_, xavier_std, xavier_uniform_
 
 __all__ = ["init_model"]
@@ -24,6 +27,11 @@ SchemeKey = Union[str, type]  # noqa: UP007 (runtime alias on Python 3.10)
 SchemeValue = Union[str, Callable[..., Any]]  # noqa: UP007
 _SPECIAL = ("auto", "skip", "reset_parameters")
 _DISTRIBUTIONS = ("uniform", "normal")
+_WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,
+)
 
 
 def init_model(
@@ -83,7 +91,8 @@ def init_model(
 
     Args:
         model: the model.
-        scheme: ``"auto"`` or a mapping as above.
+        scheme: ``"auto"``, one init name (applied to every Linear/Conv/Bilinear weight, the
+            rest ``"auto"``), or a mapping as above.
         generator: the torch Generator to sample from (default: the global one).
         residual: names or modules of residual branch output layers, or of blocks whose last
             weight layer is the branch output. Patterns are ``fnmatch`` patterns; a match inside
@@ -107,17 +116,22 @@ def init_model(
         ['kaiming_uniform(a=0, fan_in, relu)', 'zeros', 'xavier_uniform', 'zeros']
     """
     _validate(model, scheme, generator, distribution, num_residual)
+    if isinstance(scheme, str) and scheme != "auto":
+        scheme = {layer: scheme for layer in _WEIGHT_LAYER_TYPES}
     followers = find_followers(model, use_fx=use_fx)
-    outputs = _resolve_residual(model, residual, followers)
+    outputs = resolve_residual(model, residual, followers)
     if num_residual is None:
         num_residual = len(outputs)
     actions = _plan(model, scheme, generator, distribution, followers)
     if outputs:
-        actions = _add_residual_scale(actions, model, outputs, num_residual)
+        actions = add_residual_scale(actions, model, outputs, num_residual)
     for _, run in actions:
         run()
     materialized = not any(t.is_meta for t in model.parameters())
-    return InitReport([r for r, _ in actions], followers.method, materialized)
+    records = [r for r, _ in actions]
+    buffers = [r for r in records if r.name.endswith("running_*")]
+    params = [r for r in records if not r.name.endswith("running_*")]
+    return InitReport(params, followers.method, materialized, buffers)
 
 
 def _validate(
@@ -129,10 +143,7 @@ def _validate(
 ) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
+    check_generator_device(generator, list(model.parameters()))
     if distribution not in _DISTRIBUTIONS:
         raise ValueError(
             f"distribution must be one of {list(_DISTRIBUTIONS)}, got {distribution!r}"
@@ -142,9 +153,10 @@ def _validate(
     ):
         raise ValueError(f"num_residual must be an int >= 1 or None, got {num_residual!r}")
     if isinstance(scheme, str):
-        if scheme != "auto":
+        if scheme != "auto" and scheme not in NAMED_INITS:
             raise ValueError(
-                f"scheme must be 'auto' or a mapping from module type / name pattern to an init, "
+                f"scheme must be 'auto', an init name from {sorted(NAMED_INITS)} (for every "
+                f"Linear/Conv weight) or a mapping from module type / name pattern to an init, "
                 f"got {scheme!r}"
             )
         return
@@ -232,7 +244,7 @@ def _plan_rule(
     key, value = rule
     why = f"scheme[{key!r}]"
     if value == "skip":
-        return [(InitRecord(f, tuple(p.shape), "untouched", why), _noop) for _, f, p in params]
+        return [(InitRecord(f, tuple(p.shape), "untouched", why), noop) for _, f, p in params]
     if value == "reset_parameters":
         reset = getattr(module, "reset_parameters", None)
         if not callable(reset):
@@ -240,12 +252,12 @@ def _plan_rule(
         records = [InitRecord(f, tuple(p.shape), "reset_parameters()", why) for _, f, p in params]
         if not records:
             return []
-        return [(r, _noop) for r in records[:-1]] + [(records[-1], reset)]
+        return [(r, noop) for r in records[:-1]] + [(records[-1], reset)]
     actions: list[Action] = []
     for pname, full, param in params:
         shape = tuple(param.shape)
         if "bias" in pname:
-            actions.append((InitRecord(full, shape, "zeros", f"bias; {why}", 0.0), _zero(param)))
+            actions.append((InitRecord(full, shape, "zeros", f"bias; {why}", 0.0), zero(param)))
             continue
         if isinstance(value, str):
             if value in FAN_INITS and param.dim() < 2:
@@ -256,7 +268,7 @@ def _plan_rule(
         else:
             label, std = getattr(value, "__name__", repr(value)), None
             fill = wrap_callable(value, generator)
-        actions.append((InitRecord(full, shape, label, why, std), _apply(fill, param)))
+        actions.append((InitRecord(full, shape, label, why, std), apply_fill(fill, param)))
     return actions
 
 
@@ -291,24 +303,27 @@ def _plan_auto(
         shape = tuple(param.shape)
         if "bias" in pname and not isinstance(module, nn.MultiheadAttention):
             actions.append(
-                (InitRecord(full, shape, "zeros", f"{why}{kind} bias", 0.0), _zero(param))
+                (InitRecord(full, shape, "zeros", f"{why}{kind} bias", 0.0), zero(param))
             )
         elif is_weight_layer(module) and pname == "weight":
             found = act or Activation("none")
             label, std, fill = choose_weight_init(found, distribution, param, module, generator)
             reason = f"{why}{kind}, {found.describe()}" + (f" ({how})" if how else "")
-            actions.append((InitRecord(full, shape, label, reason, std), _apply(fill, param)))
+            actions.append((InitRecord(full, shape, label, reason, std), apply_fill(fill, param)))
         elif is_norm_module(module):
             value = 1.0 if pname == "weight" else 0.0
             label = "ones" if value else "zeros"
             actions.append(
-                (InitRecord(full, shape, label, f"{why}{kind} {pname}", 0.0), _fill(param, value))
+                (
+                    InitRecord(full, shape, label, f"{why}{kind} {pname}", 0.0),
+                    fill_value(param, value),
+                )
             )
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             actions.append(
                 (
                     InitRecord(full, shape, "normal(0, 1)", f"{why}{kind} (torch's default)", 1.0),
-                    _embedding(module, param, generator),
+                    embedding_normal(module, param, generator),
                 )
             )
         elif isinstance(module, nn.PReLU):
@@ -320,7 +335,7 @@ def _plan_auto(
                         f"constant({module.init:g})",
                         f"{why}PReLU slope (its init value)",
                     ),
-                    _fill(param, float(module.init)),
+                    fill_value(param, float(module.init)),
                 )
             )
         elif isinstance(module, nn.MultiheadAttention):
@@ -342,7 +357,7 @@ def _plan_mha(
     shape = tuple(param.shape)
     xavier = xavier_uniform_ if distribution == "uniform" else xavier_normal_
     if "bias" in pname and pname in ("in_proj_bias",):
-        return InitRecord(full, shape, "zeros", f"{why}MultiheadAttention bias", 0.0), _zero(param)
+        return InitRecord(full, shape, "zeros", f"{why}MultiheadAttention bias", 0.0), zero(param)
     if pname == "in_proj_weight":
         block = param.chunk(3, 0)[0]
         record = InitRecord(
@@ -367,17 +382,22 @@ def _plan_mha(
                 f"{why}MultiheadAttention {pname} (as torch)",
                 xavier_std(param),
             ),
-            _apply(lambda t: xavier_normal_(t, generator=generator), param),
+            apply_fill(lambda t: xavier_normal_(t, generator=generator), param),
         )
     record = InitRecord(
         full, shape, f"xavier_{distribution}", f"{why}MultiheadAttention {pname}", xavier_std(param)
     )
-    return record, _apply(lambda t: xavier(t, generator=generator), param)
+    return record, apply_fill(lambda t: xavier(t, generator=generator), param)
 
 
 def _plan_unknown(module: nn.Module, full: str, param: Tensor, why: str) -> Action:
     kind = type(module).__name__
     reset = getattr(module, "reset_parameters", None)
+    if is_weight_layer(module):
+        # e.g. an adapter parameter of a Linear subclass: its reset would undo the weight's init
+        return InitRecord(
+            full, tuple(param.shape), "untouched", f"{why}extra {kind} parameter"
+        ), noop
     if callable(reset):
         record = InitRecord(
             full,
@@ -386,7 +406,7 @@ def _plan_unknown(module: nn.Module, full: str, param: Tensor, why: str) -> Acti
             f"{why}no rule for {kind}; its own reset (global RNG)",
         )
         return record, reset
-    return InitRecord(full, tuple(param.shape), "untouched", f"{why}no rule for {kind}"), _noop
+    return InitRecord(full, tuple(param.shape), "untouched", f"{why}no rule for {kind}"), noop
 
 
 def _dedupe_reset(actions: list[Action]) -> list[Action]:
@@ -395,121 +415,8 @@ def _dedupe_reset(actions: list[Action]) -> list[Action]:
     out: list[Action] = []
     for record, run in actions:
         if record.init == "reset_parameters()":
-            out.append((record, _noop if seen else run))
+            out.append((record, noop if seen else run))
             seen = True
         else:
             out.append((record, run))
     return out
-
-
-def _resolve_residual(
-    model: nn.Module,
-    residual: Iterable[str | nn.Module] | None,
-    followers: Followers,
-) -> list[str]:
-    if residual is None:
-        return []
-    if isinstance(residual, (str, nn.Module)):
-        residual = [residual]
-    modules = dict(model.named_modules())
-    by_id = {id(m): n for n, m in modules.items()}
-    outputs: list[str] = []
-    for entry in residual:
-        if isinstance(entry, nn.Module):
-            if id(entry) not in by_id:
-                raise ValueError("residual contains a module that is not part of model")
-            matched = [by_id[id(entry)]]
-        elif isinstance(entry, str):
-            matched = [n for n in modules if n == entry or fnmatch.fnmatchcase(n, entry)]
-            matched = [n for n in matched if not any(n.startswith(o + ".") for o in matched)]
-        else:
-            raise TypeError(f"residual entries must be names or modules, got {entry!r}")
-        if not matched:
-            raise ValueError(f"residual entry {entry!r} matches no module of model")
-        for name in matched:
-            out = _branch_output(name, modules, followers)
-            if out is None:
-                raise ValueError(f"residual entry {entry!r}: module {name!r} has no Linear/Conv")
-            if out not in outputs:
-                outputs.append(out)
-    return outputs
-
-
-def _branch_output(name: str, modules: dict[str, nn.Module], followers: Followers) -> str | None:
-    if is_weight_layer(modules[name]):
-        return name
-    inside = [n for n in followers.order if n.startswith(name + ".") or not name]
-    return inside[-1] if inside else None
-
-
-def _add_residual_scale(
-    actions: list[Action], model: nn.Module, outputs: list[str], n: int
-) -> list[Action]:
-    modules = dict(model.named_modules())
-    factor = 1.0 / math.sqrt(n)
-    weights = {f"{o}.weight": modules[o] for o in outputs}
-    scaled: list[Action] = []
-    for record, run in actions:
-        layer = weights.get(record.name)
-        if layer is None:
-            scaled.append((record, run))
-            continue
-        std = None if record.std is None else record.std * factor
-        new = InitRecord(
-            record.name,
-            record.shape,
-            f"{record.init} x 1/sqrt({n})",
-            f"{record.reason}; residual branch output",
-            std,
-        )
-        scaled.append((new, _then_scale(run, layer.weight, factor)))
-    return scaled
-
-
-def _then_scale(run: Callable[[], None], weight: Tensor, factor: float) -> Callable[[], None]:
-    def both() -> None:
-        run()
-        with torch.no_grad():
-            weight.mul_(factor)
-
-    return both
-
-
-def _noop() -> None:
-    return None
-
-
-def _apply(fill: Callable[[Tensor], object], param: Tensor) -> Callable[[], None]:
-    def run() -> None:
-        fill(param)
-
-    return run
-
-
-def _zero(param: Tensor) -> Callable[[], None]:
-    def run() -> None:
-        with torch.no_grad():
-            param.zero_()
-
-    return run
-
-
-def _fill(param: Tensor, value: float) -> Callable[[], None]:
-    def run() -> None:
-        with torch.no_grad():
-            param.fill_(value)
-
-    return run
-
-
-def _embedding(
-    module: nn.Module, param: Tensor, generator: torch.Generator | None
-) -> Callable[[], None]:
-    def run() -> None:
-        with torch.no_grad():
-            param.normal_(0.0, 1.0, generator=generator)
-            padding_idx = getattr(module, "padding_idx", None)
-            if padding_idx is not None:
-                param[padding_idx].zero_()
-
-    return run

@@ -39,6 +39,11 @@ class LayerStats:
     grad_std: float | None = None
     grad_second_moment: float | None = None
 
+    @property
+    def var(self) -> float:
+        """Variance of the output, ``std ** 2``."""
+        return self.std**2
+
 
 @dataclass
 class VarianceProfile:

@@ -85,7 +85,8 @@ def plan_recurrent(
             why = f"{kind} bias"
             if is_lstm:
                 why += "; forget gate bias_ih + bias_hh = 1"
-            record = InitRecord(full, shape, "zeros, forget block 1" if forget else "zeros", why)
+            label = "zeros, forget block 1" if forget else "zeros"
+            record = InitRecord(full, shape, label, why, 0.0)
             actions.append((record, _bias(param, forget)))
         else:
             actions.append(

@@ -35,15 +35,18 @@ class InitReport:
     """Records of :func:`init_model`, in module order; ``str(report)`` is a table.
 
     Attributes:
-        records: one :class:`InitRecord` per parameter (and per reset buffer group).
+        records: one :class:`InitRecord` per parameter, in module order (shared parameters
+            once).
         method: how activations were found: ``"fx"`` or ``"module order (...)"``.
         materialized: False when the model was on the meta device (nothing was written: the
             report is the plan; materialise with ``model.to_empty(device=...)`` and call again).
+        buffers: records of buffer groups that were reset (norm layers' running statistics).
     """
 
     records: list[InitRecord] = field(default_factory=list)
     method: str = "fx"
     materialized: bool = True
+    buffers: list[InitRecord] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[InitRecord]:
         return iter(self.records)
@@ -60,10 +63,10 @@ class InitReport:
 
     def __str__(self) -> str:
         rows = [
-            [r.name, "x".join(map(str, r.shape)) or "scalar", r.init, fmt_float(r.std), r.reason]
-            for r in self.records
+            [r.name, "x".join(map(str, r.shape)) or "-", r.init, fmt_float(r.std), r.reason]
+            for r in [*self.records, *self.buffers]
         ]
-        title = f"init_model: {len(self.records)} entries, activations found by {self.method}"
+        title = f"init_model: {len(self.records)} parameters, activations found by {self.method}"
         if not self.materialized:
             title += " (meta device: plan only, nothing written)"
         return title + "\n" + format_table(["parameter", "shape", "init", "std", "reason"], rows)

@@ -5,20 +5,21 @@ from __future__ import annotations
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import activation_stats
 from traintech.monitor._monitor import Monitor, NonFiniteError
+from traintech.monitor._report import read_log, render_report
+from traintech.monitor._rollback import Rollback, RollbackGuard
 from traintech.monitor._spikes import SpikeDetector
 
 __all__ = [
     "Finding",
     "Monitor",
     "NonFiniteError",
+    "Rollback",
+    "RollbackGuard",
     "SpikeDetector",
     "activation_stats",
     "diagnose",
     "format_findings",
+    "read_log",
     "render_report",
 ]
 
-
-def render_report(run_dir: str, out: str | None = None) -> int:
-    """Placeholder replaced below."""
-    return 2

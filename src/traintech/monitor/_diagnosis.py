@@ -77,15 +77,15 @@ def _weight_params(meta: dict[str, Any]) -> list[str]:
 
 def _exploding(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
     pts = [(r["step"], v) for r in records if (v := _watched_norm(r)) is not None and v > 0]
-    if len(pts) < 10:
+    if len(pts) < 6:
         return []
-    k = max(3, len(pts) // 10)
+    k = max(2, len(pts) // 10)
     early, late = _median([v for _, v in pts[:k]]), _median([v for _, v in pts[-k:]])
     growth = late / early
     if not growth >= EXPLODE_GROWTH:
         return []
     span = pts[-1][0] - pts[0][0]
-    lo, hi = {r["step"] for r in records[:k]}, {r["step"] for r in records[-k:]}
+    lo, hi = {s for s, _ in pts[:k]}, {s for s, _ in pts[-k:]}
     layer_growth = []
     for name in meta.get("params", {}):
         a = [r["grad_norms"][name] for r in records if r["step"] in lo and
@@ -186,13 +186,19 @@ def _update_ratio(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[F
             f"learning rate looks too high, try about x{1e-3 / overall:.2g} (or a warmup)."
         )
         return [Finding("update_ratio_high", message, layers, steps)]
+    if overall == 0.0:
+        message = (
+            "the weights do not change at all (update/weight ratio 0): the gradients are zero "
+            "(dead units, a detached graph) or the learning rate is 0."
+        )
+        return [Finding("update_ratio_low", message, tuple(sorted(medians)), steps)]
     if overall < UPDATE_RATIO_LOW:
         layers = tuple(sorted((n for n in medians if medians[n] < UPDATE_RATIO_LOW),
                               key=lambda n: medians[n]))
         message = (
             f"median update/weight ratio is {overall:.2g} (healthy: about 1e-3; layers "
             f"{_fmt_layers(layers)}): the weights barely move; the learning rate looks too "
-            f"low, try about x{1e-3 / max(overall, 1e-300):.2g}, or check for vanishing "
+            f"low, try about x{1e-3 / overall:.2g}, or check for vanishing "
             "gradients."
         )
         return [Finding("update_ratio_low", message, layers, steps)]

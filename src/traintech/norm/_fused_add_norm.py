@@ -25,7 +25,7 @@ from traintech.norm._rms_norm import (
     rms_backward,
     rms_forward,
 )
-from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, stat_dtype
+from traintech.norm._stats import as_shape, check_eps, check_trailing_shape
 
 
 class _AddRMSNormFunction(torch.autograd.Function):
@@ -34,10 +34,10 @@ class _AddRMSNormFunction(torch.autograd.Function):
         ctx: Any, x: Tensor, residual: Tensor, weight: Tensor | None, d: int, eps: float
     ) -> tuple[Tensor, Tensor]:
         h = torch.add(x, residual)
-        y, _, rstd = rms_forward(h.view(-1, d), weight, eps)
+        y, rstd = rms_forward(h.view(-1, d), weight, eps)
         ctx.save_for_backward(h, weight, rstd)
         ctx.d = d
-        return y.to(h.dtype).view(h.shape), h
+        return y.view(h.shape), h
 
     @staticmethod
     @once_differentiable
@@ -45,12 +45,11 @@ class _AddRMSNormFunction(torch.autograd.Function):
         ctx: Any, gy: Tensor, gh: Tensor
     ) -> tuple[Tensor, Tensor, Tensor | None, None, None]:
         h, weight, rstd = ctx.saved_tensors
-        hs = h.view(-1, ctx.d).to(stat_dtype(h.dtype))
         need_w = weight is not None and ctx.needs_input_grad[2]
-        dh, dw = rms_backward(gy.reshape(-1, ctx.d), hs, rstd, weight, need_w)
+        dh, dw = rms_backward(
+            gy.reshape(-1, ctx.d), h.view(-1, ctx.d), rstd, weight, need_w, gh.reshape(-1, ctx.d)
+        )
         dh = dh.view(h.shape)
-        dh.add_(gh)
-        dh = dh.to(h.dtype)
         dweight = None if dw is None else dw.to(weight.dtype).view(weight.shape)
         return dh, dh, dweight, None, None
 

@@ -12,8 +12,8 @@ it saves only ``(x, rstd)``; the backward is the analytic gradient
     \frac{\partial L}{\partial \gamma} = \sum_{\text{rows}} r\, x \odot
     \frac{\partial L}{\partial y}
 
-computed with one full-size buffer that is reused in place for ``dx`` (allocating fresh pages
-costs about as much as a pass over the data on CPU).
+computed into the ``dx`` buffer alone (allocating fresh pages costs about as much as a pass over
+the data on CPU), in row blocks that stay in cache on CPU.
 """
 
 from __future__ import annotations
@@ -34,59 +34,116 @@ def default_rms_eps(dtype: torch.dtype) -> float:
     return torch.finfo(stat_dtype(dtype)).eps
 
 
-def rms_forward(h2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Return ``(y_in_stat_dtype, h_in_stat_dtype, rstd)`` for a 2-D ``(rows, D)`` input."""
-    hs = h2.to(stat_dtype(h2.dtype))
-    d = hs.shape[-1]
-    norm = torch.linalg.vector_norm(hs, dim=-1, keepdim=True)
-    rstd = torch.rsqrt(norm.square_().div_(d).add_(eps))
-    y = torch.mul(hs, rstd)
-    if weight is not None:
-        y.mul_(weight.reshape(-1).to(hs.dtype))
-    return y, hs, rstd
+#: Bytes of one row block (per tensor) on CPU: the block's rows of x, gy and dx (3 x 512 KiB)
+#: stay in a 2 MiB L2 across the elementwise passes; measured 5-23% faster than whole-tensor
+#: passes at (4096, 1024) on a loaded machine. Other devices use one block.
+_CPU_BLOCK_BYTES = 1 << 19
+
+
+def _block_rows(x2: Tensor, dtype: torch.dtype) -> int:
+    rows = x2.shape[0]
+    if x2.device.type != "cpu" or rows == 0:
+        return max(rows, 1)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return max(1, _CPU_BLOCK_BYTES // max(1, x2.shape[1] * itemsize))
+
+
+def rms_forward(x2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    """``(y, rstd)`` for a 2-D ``(rows, D)`` input; ``y`` in ``x2``'s dtype, ``rstd`` in fp32+.
+
+    Half inputs are upcast one row block at a time, so no full-size fp32 copy is made.
+    """
+    sd = stat_dtype(x2.dtype)
+    d = x2.shape[-1]
+    ws = None if weight is None else weight.reshape(-1).to(sd)
+    same = x2.dtype == sd
+    y = torch.empty_like(x2)
+    rstd = torch.empty(x2.shape[0], 1, dtype=sd, device=x2.device)
+    if same:  # one reduction pass over the whole input
+        torch.linalg.vector_norm(x2, dim=-1, keepdim=True, out=rstd)
+        rstd.square_().div_(d).add_(eps).rsqrt_()
+    step = _block_rows(x2, sd)
+    for start in range(0, x2.shape[0], step):
+        rows = slice(start, start + step)
+        r = rstd[rows]
+        if same:
+            out = y[rows]
+            torch.mul(x2[rows], r, out=out)
+        else:
+            out = x2[rows].to(sd)
+            torch.linalg.vector_norm(out, dim=-1, keepdim=True, out=r)
+            r.square_().div_(d).add_(eps).rsqrt_()
+            out.mul_(r)
+        if ws is not None:
+            out.mul_(ws)  # the block is still in cache
+        if not same:
+            y[rows].copy_(out)
+    return y, rstd
 
 
 def rms_backward(
-    gy2: Tensor, hs: Tensor, rstd: Tensor, weight: Tensor | None, need_weight_grad: bool
+    gy2: Tensor,
+    x2: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    need_weight_grad: bool,
+    extra_grad: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Analytic RMSNorm backward on 2-D tensors: ``(dx in stat dtype, dweight or None)``."""
-    d = hs.shape[-1]
-    gys = gy2.to(hs.dtype)
-    buf = torch.mul(gys, hs)  # g_ij * x_ij: the one full-size buffer
+    """Analytic RMSNorm backward on 2-D tensors: ``(dx in x2's dtype, dweight or None)``.
+
+    ``dx`` is written block by block into one output buffer, which also holds the intermediate
+    ``gy * x`` of each block (for fp32; half inputs use one fp32 block buffer), so there is no
+    other full-size allocation; ``dweight`` accumulates per block in fp32. ``extra_grad`` (the
+    residual stream's gradient in the fused add + norm) is added to ``dx`` in fp32.
+    """
+    sd = rstd.dtype
+    d = x2.shape[-1]
+    out = torch.empty_like(x2)
+    same = x2.dtype == sd and gy2.dtype == sd
+    ws = None if weight is None else weight.reshape(-1).to(sd)
     dweight = None
-    if weight is not None:
-        ws = weight.reshape(-1).to(hs.dtype)
-        if need_weight_grad:
-            dweight = torch.mv(buf.t(), rstd.view(-1))
-        dot = torch.mv(buf, ws).unsqueeze(-1)  # sum_j gamma_j gy_ij x_ij
-        torch.mul(gys, ws, out=buf)
-        buf.mul_(rstd)
-    else:
-        dot = buf.sum(dim=-1, keepdim=True)
-        torch.mul(gys, rstd, out=buf)
-    coef = dot.mul_(rstd.pow(3)).div_(-d)
-    buf.addcmul_(hs, coef)
-    return buf, dweight
+    if ws is not None and need_weight_grad:
+        dweight = torch.zeros(d, dtype=sd, device=x2.device)
+    coef = rstd.pow(3).div_(-d)
+    step = _block_rows(x2, sd)
+    for start in range(0, x2.shape[0], step):
+        rows = slice(start, start + step)
+        g, x, r = gy2[rows].to(sd), x2[rows].to(sd), rstd[rows]
+        buf = out[rows] if same else torch.empty_like(x)
+        torch.mul(g, x, out=buf)  # gy_ij * x_ij
+        if dweight is not None:
+            dweight.addmv_(buf.t(), r.view(-1))  # sum_i r_i gy_ij x_ij
+        if ws is not None:
+            dot = torch.mv(buf, ws).unsqueeze(-1)  # sum_j gamma_j gy_ij x_ij
+            torch.mul(g, ws, out=buf)
+            buf.mul_(r)
+        else:
+            dot = buf.sum(dim=-1, keepdim=True)
+            torch.mul(g, r, out=buf)
+        buf.addcmul_(x, dot.mul_(coef[rows]))
+        if extra_grad is not None:
+            buf.add_(extra_grad[rows])
+        if not same:
+            out[rows].copy_(buf)
+    return out, dweight
 
 
 class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, d: int, eps: float) -> Tensor:
-        x2 = x.reshape(-1, d)
-        y, _, rstd = rms_forward(x2, weight, eps)
+        y, rstd = rms_forward(x.reshape(-1, d), weight, eps)
         ctx.save_for_backward(x, weight, rstd)
         ctx.d = d
-        return y.to(x.dtype).view(x.shape)
+        return y.view(x.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         x, weight, rstd = ctx.saved_tensors
-        hs = x.reshape(-1, ctx.d).to(stat_dtype(x.dtype))
         need_w = weight is not None and ctx.needs_input_grad[1]
-        dx, dw = rms_backward(gy.reshape(-1, ctx.d), hs, rstd, weight, need_w)
+        dx, dw = rms_backward(gy.reshape(-1, ctx.d), x.reshape(-1, ctx.d), rstd, weight, need_w)
         dweight = None if dw is None else dw.to(weight.dtype).view(weight.shape)
-        return dx.to(x.dtype).view(x.shape), dweight, None, None
+        return dx.view(x.shape), dweight, None, None
 
 
 def rms_norm(

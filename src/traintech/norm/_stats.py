@@ -77,7 +77,7 @@ def check_channels(input: Tensor, num_features: int, name: str, arg: str = "num_
     """Raise ValueError unless ``input.shape[1] == num_features``."""
     if input.dim() < 2 or input.shape[1] != num_features:
         raise ValueError(
-            f"{name}: expected {num_features} channels in dim 1 ({arg}={num_features}), "
+            f"{name}: expected input's size at dim=1 to match {arg} ({num_features}), "
             f"got input of shape {tuple(input.shape)}"
         )
 
