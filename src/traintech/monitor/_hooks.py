@@ -20,6 +20,13 @@ from torch.utils.hooks import RemovableHandle
 RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU)
 
 
+#: Leaf modules whose output says nothing new about the activations (skipped by the probe).
+PASS_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.Flatten, nn.Unflatten,
+)
+
+
 def _tensors(obj: Any) -> Iterator[Tensor]:
     """The tensors in a module output: a tensor, or tuples/lists/dicts of them (nested)."""
     if isinstance(obj, Tensor):
