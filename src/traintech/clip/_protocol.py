@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech.clip._functional import scale_grads_
 from traintech.clip._norm import ParamsLike, collect_grads, total_norm
 
 
@@ -52,13 +53,36 @@ class Clipper(ABC):
 
     norm_type: float = 2.0
 
+    #: Whether :meth:`decide` updates statistics. The guarded step never calls ``decide`` on a
+    #: non-finite norm; for a stateful clipper that check costs one host sync per step.
+    stateful: bool = True
+
+    @torch.no_grad()
     def __call__(self, parameters: ParamsLike) -> ClipResult:
-        """Measure, decide and apply in one call; return what was done."""
+        """Measure, decide and apply in one call; return what was done.
+
+        Raises:
+            ValueError: if no parameter in ``parameters`` has a gradient (nothing to measure).
+            TypeError: if an element of ``parameters`` is not a tensor.
+        """
         grads = collect_grads(parameters)
+        if not grads:
+            raise ValueError(
+                f"parameters has no gradients: {type(self).__name__} needs at least one tensor "
+                "with a .grad (call it after loss.backward(), with model.parameters())"
+            )
         norm = self.measure(grads)
         result = self.decide(norm)
         self.apply(grads, result)
         return result
+
+    def scales_uniformly(self) -> bool:
+        """Whether :meth:`apply` multiplies every gradient by the one scalar ``result.coef``.
+
+        Only then can the guarded step fold the coefficient into a fused optimizer instead of
+        rewriting the gradients.
+        """
+        return type(self).apply is Clipper.apply
 
     def measure(self, grads: list[Tensor]) -> Tensor:
         """Return the total gradient norm (0-dim tensor) that :meth:`decide` judges."""
@@ -70,8 +94,7 @@ class Clipper(ABC):
 
     def apply(self, grads: list[Tensor], result: ClipResult) -> None:
         """Multiply every gradient by ``result.coef`` in place."""
-        if grads:
-            torch._foreach_mul_(grads, result.coef.to(grads[0].device))
+        scale_grads_(grads, result.coef)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the clipper's state (settings and statistics) as a dict."""

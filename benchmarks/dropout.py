@@ -1,0 +1,157 @@
+"""Dropout forward+backward: traintech.dropout.Dropout (default and low-memory) vs torch.nn.Dropout.
+
+Times ``y = layer(x); y.backward(g)`` and reports the peak memory of the same call
+(``_harness.peak_memory_bytes``) and the bytes each layer saves for backward (counted with
+``torch.autograd.graph.saved_tensors_hooks``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from traintech.dropout import Dropout
+from traintech.dropout._kernel import apply_words, drop_words
+
+from _harness import (
+    Row,
+    common_parser,
+    fmt_bytes,
+    peak_memory_bytes,
+    print_table,
+    set_threads,
+    time_callable,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    shape: tuple[int, ...]
+    p: float
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def name(self) -> str:
+        dims = "x".join(map(str, self.shape))
+        return f"({dims}) p={self.p} {str(self.dtype).removeprefix('torch.')}"
+
+
+SHAPES = [(8, 512, 1024)]
+RATES = [0.1, 0.5]
+
+
+def check_correctness(cfg: Config) -> None:
+    """Same mask -> same output as the formula; gradient = mask * scale; modes agree."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.shape, generator=gen, dtype=cfg.dtype, requires_grad=True)
+    g = torch.randn(cfg.shape, generator=gen, dtype=cfg.dtype)
+    outs = []
+    for low in (False, True):
+        x.grad = None
+        layer = Dropout(cfg.p, generator=torch.Generator().manual_seed(1), low_memory=low)
+        y = layer(x)
+        y.backward(g)
+        outs.append((y.detach(), x.grad.clone()))
+    keep = (outs[0][0] != 0).to(cfg.dtype)
+    scale = 1.0 / (1.0 - cfg.p)
+    torch.testing.assert_close(outs[0][0], x.detach() * keep * scale)
+    torch.testing.assert_close(outs[0][1], g * keep * scale)
+    for a, b in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the kernel itself: a given packed mask is applied exactly
+    words = drop_words(x.numel() // 64, cfg.p, 123)
+    y = apply_words(x.detach(), words, scale)
+    bits = (words.view(torch.uint8).unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    keep = (1 - bits).reshape(cfg.shape).to(cfg.dtype)
+    torch.testing.assert_close(y, x.detach() * keep * scale)
+    dropped = 1.0 - keep.mean().item()
+    assert abs(dropped - cfg.p) < 5 * (cfg.p * (1 - cfg.p) / x.numel()) ** 0.5
+
+
+def saved_bytes(layer: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum().backward()
+    return total
+
+
+def _step(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        layer(x).backward(g)
+
+    return run
+
+
+def bench(cfg: Config, repeats: int, warmup: int) -> list[Row]:
+    check_correctness(cfg)
+    x = torch.randn(cfg.shape, dtype=cfg.dtype, requires_grad=True)
+    g = torch.randn(cfg.shape, dtype=cfg.dtype)
+    layers = {
+        "torch": nn.Dropout(cfg.p),
+        "ours": Dropout(cfg.p),
+        "ours low_memory": Dropout(cfg.p, low_memory=True),
+    }
+
+    def clear() -> None:
+        x.grad = None
+
+    times = {
+        k: time_callable(_step(m, x, g), repeats=repeats, warmup=warmup, setup=clear)
+        for k, m in layers.items()
+    }
+    peaks = {}
+    for k, m in layers.items():
+        clear()
+        peaks[k] = peak_memory_bytes(_step(m, x, g))
+    saved = {k: saved_bytes(m, x) for k, m in layers.items()}
+
+    def extra(k: str) -> dict[str, str]:
+        return {
+            "peak (torch)": fmt_bytes(peaks["torch"]),
+            "peak (ours)": fmt_bytes(peaks[k]),
+            "saved for bwd (torch)": fmt_bytes(saved["torch"]),
+            "saved for bwd (ours)": fmt_bytes(saved[k]),
+        }
+
+    low_ratio = times["ours low_memory"] / times["ours"]
+    return [
+        Row(f"{cfg.name} fwd+bwd", times["torch"], times["ours"], "torch", extra("ours")),
+        Row(
+            f"{cfg.name} fwd+bwd, low_memory",
+            times["torch"],
+            times["ours low_memory"],
+            "torch",
+            extra("ours low_memory"),
+        ),
+        Row(
+            f"{cfg.name} low_memory vs our default",
+            times["ours"],
+            times["ours low_memory"],
+            "ours (default)",
+            {"low_memory time / default time": f"{low_ratio:.2f}x"},
+        ),
+    ]
+
+
+def main() -> None:
+    args = common_parser(__doc__ or "").parse_args()
+    set_threads(args.threads)
+    print("(timings on a shared machine are noisy; ratios are from the same run)")
+    rows = []
+    for shape, p in itertools.product(SHAPES, RATES):
+        rows += bench(Config(shape, p), args.repeats, args.warmup)
+    print_table("Dropout forward + backward (CPU)", rows, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""traintech.norm against torch: forward + backward time and peak memory (CPU, fp32 by default).
+
+Cases (issue #6): LayerNorm / RMSNorm at (8, 512, 1024); BatchNorm2d / GroupNorm at
+(32, 64, 56, 56); fused residual add + RMSNorm / LayerNorm against torch's add followed by the
+torch layer. Each pair is checked for equal outputs and gradients before it is timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import traintech.norm as tn
+
+from _harness import (
+    Row,
+    common_parser,
+    fmt_bytes,
+    peak_memory_bytes,
+    print_table,
+    set_threads,
+    time_callable,
+)
+
+Layer = Callable[[], nn.Module]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    shape: tuple[int, ...]
+    baseline_name: str
+    baseline: Layer
+    ours: Layer
+    fused: bool = False  # forward(x, residual) -> (y, h)
+
+
+def _configs() -> list[Config]:
+    seq, img = (8, 512, 1024), (32, 64, 56, 56)
+    ln, rms = (lambda: nn.LayerNorm(1024)), (lambda: nn.RMSNorm(1024))
+    return [
+        Config("LayerNorm", seq, "torch LayerNorm", ln, lambda: tn.LayerNorm(1024)),
+        Config("RMSNorm", seq, "torch RMSNorm", rms, lambda: tn.RMSNorm(1024)),
+        Config("RMSNorm vs LayerNorm", seq, "torch LayerNorm", ln, lambda: tn.RMSNorm(1024)),
+        Config("BatchNorm2d (train)", img, "torch BatchNorm2d", lambda: nn.BatchNorm2d(64),
+               lambda: tn.BatchNorm2d(64)),
+        Config("GroupNorm(32, 64)", img, "torch GroupNorm", lambda: nn.GroupNorm(32, 64),
+               lambda: tn.GroupNorm(32, 64)),
+        Config("add + RMSNorm", seq, "add, torch RMSNorm", rms,
+               lambda: tn.FusedAddRMSNorm(1024), fused=True),
+        Config("add + LayerNorm", seq, "add, torch LayerNorm", ln,
+               lambda: tn.FusedAddLayerNorm(1024), fused=True),
+    ]  # fmt: skip
+
+
+def _step(layer: nn.Module, fused: bool, ours: bool, x: torch.Tensor, r: torch.Tensor,
+          gy: torch.Tensor, gh: torch.Tensor) -> Callable[[], None]:  # fmt: skip
+    """One forward + backward; the residual stream's gradient flows in for the fused cases."""
+
+    def run() -> None:
+        x.grad = r.grad = None
+        for p in layer.parameters():
+            p.grad = None
+        if not fused:
+            layer(x).backward(gy)
+        elif ours:
+            y, h = layer(x, r)
+            torch.autograd.backward((y, h), (gy, gh))
+        else:
+            h = x + r
+            y = layer(h)
+            torch.autograd.backward((y, h), (gy, gh))
+
+    return run
+
+
+def _paired_medians(run_base, run_ours, repeats, warmup, device):  # noqa: ANN001, ANN202
+    """Median times of both, measured alternately so that load changes hit both alike."""
+    for _ in range(warmup):
+        run_base()
+        run_ours()
+    base, ours = [], []
+    for _ in range(repeats):
+        base.append(time_callable(run_base, repeats=1, warmup=0, device=device))
+        ours.append(time_callable(run_ours, repeats=1, warmup=0, device=device))
+    return statistics.median(base), statistics.median(ours)
+
+
+def _check(cfg: Config, base: nn.Module, ours: nn.Module, x, r, gy, gh, tol) -> None:  # noqa: ANN001
+    """Outputs and every gradient of ours equal the baseline's before anything is timed."""
+    grads = []
+    for layer, is_ours in ((base, False), (ours, True)):
+        _step(layer, cfg.fused, is_ours, x, r, gy, gh)()
+        grads.append([x.grad.clone(), *(p.grad.clone() for p in layer.parameters())])
+    if cfg.name != "RMSNorm vs LayerNorm":
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=tol, atol=10 * tol)
+
+
+def main() -> None:
+    parser = common_parser(__doc__ or "")
+    parser.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16 (default fp32)")
+    args = parser.parse_args()
+    dtypes = [{"fp32": torch.float32, "bf16": torch.bfloat16}[d] for d in args.dtypes.split(",")]
+    set_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for cfg, dtype in itertools.product(_configs(), dtypes):
+        x = torch.randn(cfg.shape, generator=gen, dtype=dtype, device=args.device)
+        x.requires_grad_()
+        r = torch.randn(cfg.shape, generator=gen, dtype=dtype, device=args.device)
+        r.requires_grad_()
+        gy = torch.randn(cfg.shape, generator=gen, dtype=dtype, device=args.device)
+        gh = torch.randn(cfg.shape, generator=gen, dtype=dtype, device=args.device)
+        base = cfg.baseline().to(device=args.device, dtype=dtype)
+        ours = cfg.ours().to(device=args.device, dtype=dtype)
+        _check(cfg, base, ours, x, r, gy, gh, 1e-4 if dtype == torch.float32 else 5e-2)
+        run_base = _step(base, cfg.fused, False, x, r, gy, gh)
+        run_ours = _step(ours, cfg.fused, True, x, r, gy, gh)
+        t_base, t_ours = _paired_medians(run_base, run_ours, args.repeats, args.warmup,
+                                         args.device)  # fmt: skip
+        m_base = peak_memory_bytes(run_base, args.device)
+        m_ours = peak_memory_bytes(run_ours, args.device)
+        rows.append(
+            Row(
+                f"{cfg.name} {tuple(cfg.shape)} {str(dtype)[6:]} fwd+bwd",
+                t_base,
+                t_ours,
+                cfg.baseline_name,
+                {
+                    "baseline peak": fmt_bytes(m_base),
+                    "ours peak": fmt_bytes(m_ours),
+                    "memory saved": fmt_bytes(m_base - m_ours),
+                },
+            )
+        )
+    print_table(f"traintech.norm vs torch ({args.device}, forward + backward)", rows,
+                args.json)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

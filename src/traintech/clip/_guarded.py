@@ -1,0 +1,355 @@
+r"""GuardedStep: clipping, AMP unscaling and non-finite skipping around ``optimizer.step()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from traintech._distributed import all_ranks_any
+from traintech.clip._compat import record_scaler_found_inf, scaler_scale
+from traintech.clip._norm import total_norm
+from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._validate import check_nonneg, check_positive_int
+
+
+class TooManySkippedStepsError(RuntimeError):
+    """Raised by :class:`GuardedStep` after ``max_consecutive_skips`` skipped steps in a row."""
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one :meth:`GuardedStep.step` did.
+
+    Attributes:
+        norm: 0-dim tensor, the total gradient norm before clipping (unscaled under AMP).
+        coef: 0-dim tensor, the clip coefficient applied to the update (1.0 = none).
+        skipped: 0-dim bool tensor, True when the optimizer update was skipped.
+        clip: the clipper's :class:`ClipResult`, or None without a clipper or when the norm was
+            non-finite (the clipper is then not consulted; on the fused path a stateless
+            clipper is consulted with a zero norm instead, to avoid a host sync).
+        fused: True when the coefficient was folded into a fused optimizer's step.
+    """
+
+    norm: Tensor
+    coef: Tensor
+    skipped: Tensor
+    clip: ClipResult | None
+    fused: bool
+
+
+def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    groups_fused = all(bool(g.get("fused")) for g in optimizer.param_groups)
+    return groups_fused and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+class GuardedStep:
+    r"""Call it instead of ``optimizer.step()``: unscale, measure once, clip, skip bad updates.
+
+    One call, after ``loss.backward()`` (or after the last backward of an accumulation window),
+    does, in this order:
+
+    1. with a ``torch.amp.GradScaler``: unscale the gradients (clipping must see true gradients);
+    2. compute the total gradient norm once (with the clipper's ``measure``);
+    3. if the norm is NaN/Inf, above ``max_norm_skip``, or the clipper's result asks to skip:
+       skip the update, leaving parameters, optimizer state *and clipper state* untouched (the
+       clipper's ``decide`` is never called on a non-finite norm), and count it;
+    4. otherwise apply the clipper and step the optimizer; with a scaler, ``scaler.update()``.
+
+    The update actually applied is :math:`\theta \leftarrow \theta - \eta\,u(c\,g)` with
+    :math:`c = \min(1, \tau/(\|g\| + 10^{-6}))`: for SGD the effective learning rate is
+    :math:`\eta \min(1, \tau/\|g\|)`.
+
+    **Fused optimizers** (``Adam``/``AdamW``/``SGD``/``Adagrad`` with ``fused=True``): the clip
+    coefficient is folded into the optimizer's own step. torch's fused kernels divide every
+    gradient by ``optimizer.grad_scale`` and skip the update when ``optimizer.found_inf`` is 1, so
+    we set ``grad_scale = amp_scale / coef`` and ``found_inf = skip``: gradients are read once
+    (for the norm), never rewritten, and with a stateless clipper (``NormClip``) there is no host
+    sync. The first step of a fused optimizer (no state yet) takes the plain path.
+
+    **Gradient accumulation**: call ``backward()`` on each micro-batch and ``step()`` once per
+    optimizer step; the norm and the clip see the accumulated gradient. Zero the gradients
+    yourself afterwards, as usual.
+
+    Args:
+        optimizer: the torch optimizer to step.
+        clipper: a :class:`Clipper` (e.g. ``NormClip(1.0)``), or None for no clipping (the norm
+            is still measured, with the 2-norm, to detect non-finite gradients).
+        scaler: a ``torch.amp.GradScaler`` when training with fp16 autocast; this object then
+            calls ``scaler.unscale_``/``step``/``update`` itself (do not call them yourself).
+        max_norm_skip: also skip the update when the norm exceeds this hard limit.
+        max_consecutive_skips: raise :class:`TooManySkippedStepsError` after this many skipped
+            steps in a row (checking it costs one host sync per step).
+        fold: fold the coefficient into a fused optimizer: None = when possible (fused
+            optimizer and a clipper that scales uniformly), False = never.
+
+    Raises:
+        TypeError: for an ``optimizer``, ``clipper`` or ``scaler`` of the wrong type.
+        ValueError: for a negative/NaN ``max_norm_skip`` or ``max_consecutive_skips`` < 1, or
+            ``fold=True`` where folding is impossible.
+
+    Example:
+        >>> from traintech.clip import NormClip
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> guard = GuardedStep(opt, NormClip(1.0))
+        >>> model(torch.ones(1, 2)).sum().backward()
+        >>> report = guard.step()
+        >>> bool(report.skipped), guard.steps_taken
+        (False, 1)
+    """
+
+    _version: int = 1
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        clipper: Clipper | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        max_norm_skip: float | None = None,
+        max_consecutive_skips: int | None = None,
+        fold: bool | None = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if clipper is not None and not isinstance(clipper, Clipper):
+            raise TypeError(
+                f"clipper must be a traintech.clip.Clipper (e.g. NormClip(1.0)) or None, got "
+                f"{type(clipper).__name__}"
+            )
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(
+                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
+            )
+        can_fold = _is_fused(optimizer) and (clipper is None or clipper.scales_uniformly())
+        if fold and not can_fold:
+            raise ValueError(
+                "fold=True needs an optimizer with fused=True (Adam, AdamW, SGD, Adagrad) and a "
+                f"clipper that scales uniformly; got {type(optimizer).__name__} and "
+                f"{type(clipper).__name__} (use fold=None to fold only when possible)"
+            )
+        self.optimizer = optimizer
+        self.clipper = clipper
+        if clipper is not None and getattr(clipper, "needs_parameters", False):
+            if not getattr(clipper, "is_bound", True):  # e.g. AGC(): read the optimizer's weights
+                clipper.bind([p for g in optimizer.param_groups for p in g["params"]])  # type: ignore[attr-defined]
+        self.scaler = scaler
+        self.max_norm_skip = (
+            None if max_norm_skip is None else check_nonneg("max_norm_skip", max_norm_skip)
+        )
+        self.max_consecutive_skips = (
+            None
+            if max_consecutive_skips is None
+            else check_positive_int("max_consecutive_skips", max_consecutive_skips)
+        )
+        self.fold = can_fold if fold is None else fold
+        self._calls = 0
+        self._skipped: Tensor = torch.zeros((), dtype=torch.int64)
+        self._consecutive: Tensor = torch.zeros((), dtype=torch.int64)
+        self._last_finite: Tensor = torch.full((), -1, dtype=torch.int64)
+
+    # ----------------------------------------------------------------------------- counters
+    @property
+    def steps_taken(self) -> int:
+        """Optimizer updates applied so far."""
+        return self._calls - int(self._skipped)
+
+    @property
+    def steps_skipped(self) -> int:
+        """Updates skipped so far (non-finite gradients, hard limit, or the clipper's request)."""
+        return int(self._skipped)
+
+    @property
+    def consecutive_skips(self) -> int:
+        """Skipped updates since the last applied one."""
+        return int(self._consecutive)
+
+    @property
+    def last_finite_step(self) -> int:
+        """Index (0-based call count) of the last call with a finite gradient norm; -1 if none."""
+        return int(self._last_finite)
+
+    # ----------------------------------------------------------------------------- stepping
+    def __call__(self) -> StepReport:
+        """Same as :meth:`step`."""
+        return self.step()
+
+    @torch.no_grad()
+    def step(self) -> StepReport:
+        """Unscale, measure, clip and step (or skip); return what was done.
+
+        Raises:
+            ValueError: if no parameter of the optimizer has a gradient.
+            TooManySkippedStepsError: after ``max_consecutive_skips`` skipped steps in a row.
+        """
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            raise ValueError(
+                "the optimizer's parameters have no gradients: call GuardedStep.step() after "
+                "loss.backward()"
+            )
+        use_fold = self.fold and self._state_ready(params)
+        report = self._fused_step(grads) if use_fold else self._plain_step(grads)
+        self._count(report)
+        return report
+
+    def _state_ready(self, params: list[Tensor]) -> bool:
+        """Whether a skipped fused step would leave the optimizer state exactly as it is.
+
+        On its first step a fused optimizer creates its state (moments, momentum buffers) even
+        when ``found_inf`` makes the kernel skip the update, so that step takes the plain path.
+        Momentum-free SGD has no state at all.
+        """
+        opt = self.optimizer
+        if isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0 for g in opt.param_groups):
+            return True
+        return all(p in opt.state for p in params if p.grad is not None)
+
+    def _measure(self, grads: list[Tensor]) -> Tensor:
+        if self.clipper is not None:
+            return self.clipper.measure(grads)
+        return total_norm(grads, 2.0)
+
+    @staticmethod
+    def _agreed(norm: Tensor) -> Tensor:
+        """``norm``, or NaN on every rank when any rank of the default group has a non-finite one.
+
+        Under DDP a NaN produced after the gradient all-reduce exists on one rank only; one tiny
+        all-reduce of the flag makes every rank skip together (a no-op without a process group).
+        """
+        finite = torch.isfinite(norm)
+        bad = all_ranks_any(~finite).to(norm.device)
+        # A rank's own non-finite norm is kept as it is; a finite one becomes NaN.
+        return torch.where(bad & finite, torch.full_like(norm, torch.nan), norm)
+
+    def _active_scaler(self) -> torch.amp.GradScaler | None:
+        if self.scaler is not None and self.scaler.is_enabled():
+            return self.scaler
+        return None
+
+    def _plain_step(self, grads: list[Tensor]) -> StepReport:
+        scaler = self._active_scaler()
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        norm = self._agreed(self._measure(grads))
+        finite = bool(torch.isfinite(norm))
+        skip = not finite or (self.max_norm_skip is not None and float(norm) > self.max_norm_skip)
+        result: ClipResult | None = None
+        coef = torch.ones((), dtype=norm.dtype, device=norm.device)
+        if finite and self.clipper is not None:
+            result = self.clipper.decide(norm)
+            coef = result.coef
+            skip = skip or bool(result.skip)
+            if not skip:
+                self.clipper.apply(grads, result)
+                applied = getattr(self.clipper, "last_result", None)
+                if getattr(self.clipper, "needs_parameters", False) and applied is not None:
+                    result, coef = applied, applied.coef  # unit-wise rules report after apply
+        if not skip:
+            if scaler is not None:
+                scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if scaler is not None:
+            scaler.update()
+        skipped = torch.tensor(skip, device=norm.device)
+        return StepReport(norm=norm, coef=coef, skipped=skipped, clip=result, fused=False)
+
+    def _fused_step(self, grads: list[Tensor]) -> StepReport:
+        scaler = self._active_scaler()
+        raw = self._agreed(self._measure(grads))
+        device = raw.device
+        amp_scale = None if scaler is None else scaler_scale(scaler).to(device)
+        norm = raw if amp_scale is None else raw / amp_scale.to(raw.dtype)
+        nonfinite = ~torch.isfinite(norm)
+        bad = nonfinite
+        if self.max_norm_skip is not None:
+            bad = bad | (norm > self.max_norm_skip)
+        result: ClipResult | None = None
+        coef = torch.ones((), dtype=norm.dtype, device=device)
+        if self.clipper is not None and (not self.clipper.stateful or not bool(nonfinite)):
+            # decide() never sees a non-finite norm: a stateless clipper judges a zero norm
+            # instead (no host sync), and the skip flag already holds the verdict.
+            safe = torch.where(nonfinite, torch.zeros_like(norm), norm)
+            result = self.clipper.decide(safe)
+            coef = result.coef
+            bad = bad | result.skip.to(device)
+        inv = 1.0 / coef.to(torch.float32)
+        grad_scale = inv if amp_scale is None else amp_scale.to(torch.float32) * inv
+        opt: Any = self.optimizer
+        opt.grad_scale = torch.where(bad, torch.ones_like(grad_scale), grad_scale)
+        opt.found_inf = bad.to(torch.float32)
+        try:
+            self.optimizer.step()
+        finally:
+            del opt.grad_scale
+            del opt.found_inf
+        if scaler is not None:
+            record_scaler_found_inf(scaler, self.optimizer, nonfinite.to(torch.float32))
+            scaler.update()
+        return StepReport(norm=norm, coef=coef, skipped=bad, clip=result, fused=True)
+
+    def _count(self, report: StepReport) -> None:
+        device = report.skipped.device
+        if self._skipped.device != device:
+            self._skipped = self._skipped.to(device)
+            self._consecutive = self._consecutive.to(device)
+            self._last_finite = self._last_finite.to(device)
+        skip = report.skipped.to(torch.int64)
+        self._skipped = self._skipped + skip
+        self._consecutive = (self._consecutive + 1) * skip
+        finite = torch.isfinite(report.norm)
+        self._last_finite = torch.where(finite, self._calls, self._last_finite)
+        self._calls += 1
+        limit = self.max_consecutive_skips
+        if limit is not None and int(self._consecutive) >= limit:
+            raise TooManySkippedStepsError(
+                f"{int(self._consecutive)} optimizer steps in a row were skipped "
+                f"(max_consecutive_skips={limit}); last norm {float(report.norm)!r}. Lower the "
+                "learning rate, check the data, or raise max_consecutive_skips."
+            )
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, settings and the clipper's state (save optimizer and scaler separately)."""
+        return {
+            "_version": self._version,
+            "calls": self._calls,
+            "skipped": int(self._skipped),
+            "consecutive": int(self._consecutive),
+            "last_finite": int(self._last_finite),
+            "max_norm_skip": self.max_norm_skip,
+            "max_consecutive_skips": self.max_consecutive_skips,
+            "clipper": None if self.clipper is None else self.clipper.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: for a different ``_version``, or a clipper state without a clipper.
+        """
+        version = state_dict.get("_version")
+        if version != self._version:
+            raise ValueError(
+                f"state_dict has _version {version!r}; GuardedStep expects {self._version}"
+            )
+        if (state_dict["clipper"] is None) != (self.clipper is None):
+            raise ValueError(
+                "state_dict['clipper'] and this GuardedStep's clipper must both be set or both "
+                "be None"
+            )
+        if self.clipper is not None:
+            self.clipper.load_state_dict(state_dict["clipper"])
+        device = self._skipped.device
+        self._calls = int(state_dict["calls"])
+        self._skipped = torch.tensor(int(state_dict["skipped"]), device=device)
+        self._consecutive = torch.tensor(int(state_dict["consecutive"]), device=device)
+        self._last_finite = torch.tensor(int(state_dict["last_finite"]), device=device)
+        self.max_norm_skip = state_dict["max_norm_skip"]
+        self.max_consecutive_skips = state_dict["max_consecutive_skips"]

@@ -1,0 +1,70 @@
+"""ValueClip: the stateful form of element-wise value clipping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from traintech.clip._functional import clamp_grads_
+from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._validate import check_nonneg
+
+
+class ValueClip(Clipper):
+    r"""Clamp every gradient entry to ``[-clip_value, clip_value]``.
+
+    .. math::
+        g_{ij} \leftarrow \max(-c, \min(c, g_{ij}))
+
+    Unlike :class:`NormClip` this is not a uniform rescaling: clamped entries shrink while the
+    others keep their value, so the gradient's direction changes. ``result.norm`` is the 2-norm
+    before clamping and ``result.coef`` is 1.0 (no single factor describes a clamp);
+    ``result.threshold`` is ``clip_value``. Mikolov (2012, PhD thesis) clipped by value in RNN
+    language models; see also Pascanu et al. (2013), https://arxiv.org/abs/1211.5063.
+
+    Args:
+        clip_value: the bound :math:`c` (>= 0).
+
+    Raises:
+        ValueError: if ``clip_value`` is negative or NaN.
+        TypeError: if ``clip_value`` is not a real number.
+
+    Example:
+        >>> w = torch.zeros(3, requires_grad=True)
+        >>> w.grad = torch.tensor([-2.0, 0.5, 3.0])
+        >>> result = ValueClip(clip_value=1.0)([w])
+        >>> w.grad
+        tensor([-1.0000,  0.5000,  1.0000])
+    """
+
+    stateful = False
+
+    def __init__(self, clip_value: float) -> None:
+        self.clip_value = check_nonneg("clip_value", clip_value)
+
+    def __repr__(self) -> str:
+        return f"ValueClip(clip_value={self.clip_value})"
+
+    def decide(self, norm: Tensor) -> ClipResult:
+        """Coefficient 1.0 (the clamp happens in :meth:`apply`); never asks to skip."""
+        return ClipResult(
+            norm=norm,
+            coef=torch.ones((), dtype=norm.dtype, device=norm.device),
+            threshold=torch.tensor(self.clip_value, dtype=norm.dtype, device=norm.device),
+            skip=torch.zeros((), dtype=torch.bool, device=norm.device),
+        )
+
+    def apply(self, grads: list[Tensor], result: ClipResult) -> None:
+        """Clamp every gradient in place to ``[-clip_value, clip_value]``."""
+        clamp_grads_(grads, self.clip_value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Settings: ``clip_value`` and ``_version``."""
+        return {"_version": self._version, "clip_value": self.clip_value}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the settings saved by :meth:`state_dict`."""
+        super().load_state_dict(state_dict)
+        self.clip_value = check_nonneg("clip_value", state_dict["clip_value"])

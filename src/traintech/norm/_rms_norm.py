@@ -1,0 +1,245 @@
+r"""RMS normalization (Zhang & Sennrich 2019): ``RMSNorm``, ``rms_norm`` and our autograd kernel.
+
+torch's CPU ``rms_norm`` is a composite of ~6 ops whose autograd graph keeps several full-size
+intermediates and walks the data many times (about 4x the time of torch's fused LayerNorm for
+the same shape). Ours is one ``torch.autograd.Function``: the forward computes ``rstd`` once per
+row (one reduction pass, in fp32 for half inputs) and writes the output with a single allocation;
+it saves only ``(x, rstd)``; the backward is the analytic gradient
+
+.. math::
+    \frac{\partial L}{\partial x} = r\, g - x\, \frac{r^3}{D} \sum_j g_j x_j,
+    \qquad g = \gamma \odot \frac{\partial L}{\partial y}, \qquad
+    \frac{\partial L}{\partial \gamma} = \sum_{\text{rows}} r\, x \odot
+    \frac{\partial L}{\partial y}
+
+computed into the ``dx`` buffer alone (allocating fresh pages costs about as much as a pass over
+the data on CPU), in row blocks that stay in cache on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, stat_dtype
+
+
+def default_rms_eps(dtype: torch.dtype) -> float:
+    """Torch's default RMSNorm eps: the machine epsilon of the computation dtype."""
+    return torch.finfo(stat_dtype(dtype)).eps
+
+
+#: Bytes of one row block (per tensor) on CPU: the block's rows of x, gy and dx (3 x 512 KiB)
+#: stay in a 2 MiB L2 across the elementwise passes; measured 5-23% faster than whole-tensor
+#: passes at (4096, 1024) on a loaded machine. Other devices use one block.
+_CPU_BLOCK_BYTES = 1 << 19
+
+
+def _block_rows(x2: Tensor, dtype: torch.dtype) -> int:
+    rows = x2.shape[0]
+    if x2.device.type != "cpu" or rows == 0:
+        return max(rows, 1)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return max(1, _CPU_BLOCK_BYTES // max(1, x2.shape[1] * itemsize))
+
+
+def rms_forward(x2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    """``(y, rstd)`` for a 2-D ``(rows, D)`` input; ``y`` in ``x2``'s dtype, ``rstd`` in fp32+.
+
+    Half inputs are upcast one row block at a time, so no full-size fp32 copy is made.
+    """
+    sd = stat_dtype(x2.dtype)
+    d = x2.shape[-1]
+    ws = None if weight is None else weight.reshape(-1).to(sd)
+    same = x2.dtype == sd
+    y = torch.empty_like(x2)
+    rstd = torch.empty(x2.shape[0], 1, dtype=sd, device=x2.device)
+    if same:  # one reduction pass over the whole input
+        torch.linalg.vector_norm(x2, dim=-1, keepdim=True, out=rstd)
+        rstd.square_().div_(d).add_(eps).rsqrt_()
+    step = _block_rows(x2, sd)
+    for start in range(0, x2.shape[0], step):
+        rows = slice(start, start + step)
+        r = rstd[rows]
+        if same:
+            out = y[rows]
+            torch.mul(x2[rows], r, out=out)
+        else:
+            out = x2[rows].to(sd)
+            torch.linalg.vector_norm(out, dim=-1, keepdim=True, out=r)
+            r.square_().div_(d).add_(eps).rsqrt_()
+            out.mul_(r)
+        if ws is not None:
+            out.mul_(ws)  # the block is still in cache
+        if not same:
+            y[rows].copy_(out)
+    return y, rstd
+
+
+def rms_backward(
+    gy2: Tensor,
+    x2: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    need_weight_grad: bool,
+    extra_grad: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Analytic RMSNorm backward on 2-D tensors: ``(dx in x2's dtype, dweight or None)``.
+
+    ``dx`` is written block by block into one output buffer, which also holds the intermediate
+    ``gy * x`` of each block (for fp32; half inputs use one fp32 block buffer), so there is no
+    other full-size allocation; ``dweight`` accumulates per block in fp32. ``extra_grad`` (the
+    residual stream's gradient in the fused add + norm) is added to ``dx`` in fp32.
+    """
+    sd = rstd.dtype
+    d = x2.shape[-1]
+    out = torch.empty_like(x2)
+    same = x2.dtype == sd and gy2.dtype == sd
+    ws = None if weight is None else weight.reshape(-1).to(sd)
+    dweight = None
+    if ws is not None and need_weight_grad:
+        dweight = torch.zeros(d, dtype=sd, device=x2.device)
+    coef = rstd.pow(3).div_(-d)
+    step = _block_rows(x2, sd)
+    for start in range(0, x2.shape[0], step):
+        rows = slice(start, start + step)
+        g, x, r = gy2[rows].to(sd), x2[rows].to(sd), rstd[rows]
+        buf = out[rows] if same else torch.empty_like(x)
+        torch.mul(g, x, out=buf)  # gy_ij * x_ij
+        if dweight is not None:
+            dweight.addmv_(buf.t(), r.view(-1))  # sum_i r_i gy_ij x_ij
+        if ws is not None:
+            dot = torch.mv(buf, ws).unsqueeze(-1)  # sum_j gamma_j gy_ij x_ij
+            torch.mul(g, ws, out=buf)
+            buf.mul_(r)
+        else:
+            dot = buf.sum(dim=-1, keepdim=True)
+            torch.mul(g, r, out=buf)
+        buf.addcmul_(x, dot.mul_(coef[rows]))
+        if extra_grad is not None:
+            buf.add_(extra_grad[rows])
+        if not same:
+            out[rows].copy_(buf)
+    return out, dweight
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, d: int, eps: float) -> Tensor:
+        y, rstd = rms_forward(x.reshape(-1, d), weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.d = d
+        return y.view(x.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight, rstd = ctx.saved_tensors
+        need_w = weight is not None and ctx.needs_input_grad[1]
+        dx, dw = rms_backward(gy.reshape(-1, ctx.d), x.reshape(-1, ctx.d), rstd, weight, need_w)
+        dweight = None if dw is None else dw.to(weight.dtype).view(weight.shape)
+        return dx.view(x.shape), dweight, None, None
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    r"""RMS normalization over the last ``len(normalized_shape)`` dims (torch's signature).
+
+    .. math::
+        y = \frac{x}{\sqrt{\frac{1}{D}\sum_{j=1}^{D} x_j^2 + \epsilon}} \odot \gamma
+
+    ``eps=None`` uses ``torch.finfo`` of the computation dtype (fp32 for half inputs), as torch.
+    Statistics and the normalization are computed in fp32 for half inputs and cast back.
+    Paper: Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
+
+    Args:
+        input: ``(*, *normalized_shape)`` tensor.
+        normalized_shape: trailing shape to normalize over.
+        weight: elementwise scale of shape ``normalized_shape`` or None.
+        eps: added to the mean square, > 0, or None for the dtype's machine epsilon.
+
+    Returns:
+        The normalized tensor, same shape and dtype as ``input``.
+
+    Example:
+        >>> rms_norm(torch.tensor([[3.0, 4.0]]), (2,), eps=1e-6).tolist()
+        [[0.8485..., 1.1313...]]
+    """
+    shape = as_shape(normalized_shape)
+    check_trailing_shape(input, shape, "rms_norm")
+    eps = default_rms_eps(input.dtype) if eps is None else check_eps(eps)
+    return _RMSNormFunction.apply(input, weight, math.prod(shape), eps)
+
+
+class RMSNorm(nn.Module):
+    r"""RMS normalization, drop-in for ``torch.nn.RMSNorm`` (same arguments and state_dict).
+
+    .. math::
+        y = \frac{x}{\sqrt{\frac{1}{D}\sum_{j=1}^{D} x_j^2 + \epsilon}} \odot \gamma
+
+    over the last ``len(normalized_shape)`` dims (:math:`D` values), identical in training and
+    eval; our own forward and backward (saves only the input and one ``rstd`` per row).
+    Paper: https://arxiv.org/abs/1910.07467.
+
+    Args:
+        normalized_shape: trailing shape to normalize over (an int means the last dim).
+        eps: added to the mean square, > 0; None uses ``torch.finfo`` of the computation dtype.
+        elementwise_affine: learn an elementwise scale :math:`\gamma`.
+        device: device of the weight.
+        dtype: dtype of the weight.
+
+    Example:
+        >>> RMSNorm(2, eps=1e-6)(torch.tensor([[3.0, 4.0]])).tolist()
+        [[0.8485..., 1.1313...]]
+    """
+
+    normalized_shape: tuple[int, ...]
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        shape = as_shape(normalized_shape)
+        if eps is not None:
+            check_eps(eps)
+        super().__init__()
+        self.normalized_shape = shape
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.weight: nn.Parameter | None
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight to 1."""
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Normalize ``input`` by its root mean square over the trailing dims."""
+        check_trailing_shape(input, self.normalized_shape, "RMSNorm")
+        eps = default_rms_eps(input.dtype) if self.eps is None else self.eps
+        return _RMSNormFunction.apply(input, self.weight, math.prod(self.normalized_shape), eps)
+
+    def extra_repr(self) -> str:
+        """Same text as torch's."""
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}"
+        )
