@@ -200,7 +200,8 @@ class NonFiniteTracer:
             self.flags.append(torch.stack(sums).sum() if len(sums) > 1 else sums[0])
 
     def _post(self, label: str, module: nn.Module, args: Any, output: Any) -> None:
-        outs = [t for t in _tensors(output) if t.is_floating_point()]
+        # A container returning its last child's tensor adds nothing: that one is checked.
+        outs = [t for t in _tensors(output) if t.is_floating_point() and not self._is_produced(t)]
         if not outs:
             return
         sums = [_probe_sum(t) for t in outs]
