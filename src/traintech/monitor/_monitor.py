@@ -269,7 +269,6 @@ class Monitor:
             pieces.append(trace.to(device))
         flat = torch.cat(pieces).cpu().tolist() if pieces else []
 
-        pos = 0
         gnorms = flat[: len(with_grad)]
         pos = len(with_grad)
         record: dict[str, Any] = {"step": t}
