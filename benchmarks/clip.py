@@ -29,7 +29,7 @@ import torch
 
 from traintech.clip import GuardedStep, NormClip, clip_grad_norm_
 
-from _harness import Row, common_parser, print_table, set_threads
+from _harness import Row, common_parser, fmt_bytes, peak_memory_bytes, print_table, set_threads
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -110,6 +110,11 @@ def bench_clip(args, dtype: torch.dtype, shapes, label: str, gen) -> list[Row]:
     errs = {"ours rel err": rel_err(ours, ref), "torch rel err": rel_err(base, ref)}
     rows = []
     restore = restorer([p.grad for p in params], saved)
+    restore()
+    mem_torch = peak_memory_bytes(lambda: torch.nn.utils.clip_grad_norm_(params, 0.5 * ref))
+    restore()
+    mem_ours = peak_memory_bytes(lambda: clip_grad_norm_(params, 0.5 * ref))
+    errs["peak mem torch/ours"] = f"{fmt_bytes(mem_torch)} / {fmt_bytes(mem_ours)}"
     for case, factor in [("clipped", 0.5), ("not clipped", 2.0)]:
         max_norm = factor * ref
         t = interleaved(

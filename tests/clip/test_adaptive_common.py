@@ -200,6 +200,9 @@ def test_load_rejects_other_settings_and_version_without_changing_state(name):
 def test_mode_and_option_are_case_insensitive_like_the_package():
     clipper = ZClip(mode="ZScore", clip_option="Mean")
     assert (clipper.mode, clipper.clip_option) == ("zscore", "mean")
+    assert ZClip(mode="percentile", clip_option=None).mode == "percentile"
+    with pytest.raises(ValueError, match="clip_option"):
+        ZClip(mode="zscore", clip_option=None)
 
 
 @pytest.mark.parametrize("name", FACTORIES)

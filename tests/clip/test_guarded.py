@@ -26,6 +26,7 @@ OPTIMIZERS = {
     "adamw": lambda ps, fused: torch.optim.AdamW(ps, lr=0.05, fused=fused),
     "adam": lambda ps, fused: torch.optim.Adam(ps, lr=0.05, fused=fused),
     "sgd": lambda ps, fused: torch.optim.SGD(ps, lr=0.05, momentum=0.9, fused=fused),
+    "sgd_plain": lambda ps, fused: torch.optim.SGD(ps, lr=0.05, fused=fused),
 }
 
 
@@ -117,7 +118,8 @@ def test_fused_folding_equals_clip_then_step(opt_name, max_norm):
         ref_norm = torch.nn.utils.clip_grad_norm_(m_ref.parameters(), max_norm)
         o_ref.step()
         report = guard.step()
-        assert report.fused == (step > 0)  # the first step initialises state on the plain path
+        # the first step initialises state on the plain path (plain SGD has none)
+        assert report.fused == (step > 0 or opt_name == "sgd_plain")
         torch.testing.assert_close(report.norm, ref_norm, rtol=1e-5, atol=0)
     for a, b in zip(m_fused.parameters(), m_ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -298,3 +300,28 @@ def test_step_without_gradients_and_bad_state_dict():
         guard.load_state_dict({**sd, "_version": 0})
     with pytest.raises(ValueError, match="clipper"):
         GuardedStep(torch.optim.SGD(model.parameters(), lr=0.1)).load_state_dict(sd)
+
+
+class RecordingNormClip(NormClip):
+    """NormClip that records every norm decide() is given."""
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__(max_norm)
+        self.seen: list[float] = []
+
+    def decide(self, norm: Tensor) -> ClipResult:
+        self.seen.append(float(norm))
+        return super().decide(norm)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_decide_never_sees_a_non_finite_norm(fused):
+    model = _model()
+    clipper = RecordingNormClip(0.5)
+    guard = GuardedStep(torch.optim.AdamW(model.parameters(), fused=fused), clipper)
+    for step in range(4):
+        _backward(model, scale=float("inf") if step == 2 else 1.0)
+        report = guard.step()
+        assert bool(report.skipped) == (step == 2)
+    assert all(math.isfinite(v) for v in clipper.seen)
+    assert guard.steps_skipped == 1

@@ -37,3 +37,17 @@ def test_collect_grads_skips_missing_and_rejects_non_tensors():
     assert len(collect_grads(a)) == 1
     with pytest.raises(TypeError, match=r"parameters\[1\] is a str"):
         collect_grads([a, "w"])
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.5, math.inf])
+def test_partials_from_shards_combine_to_the_total_norm(p, seed):
+    # The distributed seam: each rank reduces its shard to partials; combining them (what an
+    # all-reduce SUM/MAX does) and taking the root gives the norm of the whole gradient.
+    from traintech.clip._norm import combine_partials, partial_power_sums
+
+    grads = [torch.randn(shape, generator=seed) for shape in [(70, 30), (5000,), (3,), (9, 9)]]
+    rank0, rank1 = grads[:2], grads[2:]
+    partials = partial_power_sums(rank0, p) + partial_power_sums(rank1, p)
+    combined = combine_partials(partials, p, torch.device("cpu"), torch.float32)
+    assert_close_to_f64(combined, _reference_norm(grads, p), dtype=torch.float32)
+    assert_close_to_f64(total_norm(grads, p), _reference_norm(grads, p), dtype=torch.float32)

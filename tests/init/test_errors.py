@@ -59,6 +59,7 @@ MODEL_CASES = [
     (lambda m: ti.lsuv_(m, torch.ones(2, 4), target_var=-1.0), ValueError, "target_var"),
     (lambda m: ti.lsuv_(m, torch.ones(2, 4), max_iters=0), ValueError, "max_iters"),
     (lambda m: ti.lsuv_(m, 3.0), TypeError, "batch"),
+    (lambda m: ti.lsuv_(m, torch.ones(2, 4), generator=1), TypeError, "generator"),
     (lambda m: ti.variance_profile(m, "x"), TypeError, "batch"),
 ]
 
@@ -69,5 +70,15 @@ def test_model_level_bad_input(call, error, match):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(error, match=match):
         call(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_generator_on_the_wrong_device_is_rejected_before_any_write():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)).cuda()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        ti.init_model(model, generator=torch.Generator())
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])

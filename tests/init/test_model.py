@@ -322,6 +322,7 @@ class _Fn(nn.Module):
         (lambda h: torch.selu(h), "lecun_uniform"),
         (lambda h: F.softmax(h, -1), "xavier_uniform"),
         (lambda h: h * 2.0, "xavier_uniform"),
+        (lambda h: F.relu(h / 3.0), "kaiming_uniform(a=0, fan_in, relu)"),
         (lambda h: torch.cat([F.relu(h), F.relu(h)], 0), "kaiming_uniform(a=0, fan_in, relu)"),
         (lambda h: torch.cat([F.relu(h), torch.tanh(h)], 0), "xavier_uniform"),
     ],

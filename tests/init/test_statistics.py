@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 import traintech.init as ti
@@ -122,3 +124,16 @@ def test_orthogonal_is_haar_distributed(seed):
     )
     assert stats.kstest(firsts**2, stats.beta(0.5, (n - 1) / 2).cdf).pvalue > 1e-3
     assert abs((firsts > 0).mean() - 0.5) < 5 * 0.5 / math.sqrt(400)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 24), cols=st.integers(1, 24), gain=st.floats(0.0, 3.0))
+def test_orthogonal_property(rows, cols, gain):
+    w = ti.orthogonal_(
+        torch.empty(rows, cols, dtype=torch.float64),
+        gain=gain,
+        generator=torch.Generator().manual_seed(rows * 31 + cols),
+    )
+    gram = w @ w.T if rows <= cols else w.T @ w
+    eye = torch.eye(min(rows, cols), dtype=torch.float64)
+    torch.testing.assert_close(gram, gain**2 * eye, atol=1e-10, rtol=0)

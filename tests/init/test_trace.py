@@ -1,6 +1,9 @@
 """Repeated blocks are traced once; the result equals a full trace, and differing blocks differ."""
 
+import math
+
 import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -109,3 +112,33 @@ def test_repeated_untraceable_blocks_fall_back_to_module_order():
     assert followers.method == "fx"
     assert followers.how["0.fc"] == "module order"
     assert followers.activation["1.fc"].family == "tanh"
+
+
+def test_blocks_configured_by_a_dict_are_not_merged():
+    class Configured(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.cfg = {"act": act}
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return torch.tanh(h) if self.cfg["act"] == "tanh" else F.relu(h)
+
+    model = nn.Sequential(Configured("tanh"), Configured("relu"), Configured("relu"))
+    followers = find_followers(model)
+    assert [followers.activation[f"{i}.fc"].family for i in range(3)] == ["tanh", "relu", "relu"]
+
+
+def test_math_on_traced_values_still_traces():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.relu(self.fc(x) / math.sqrt(x.size(-1)))
+
+    followers = find_followers(nn.Sequential(Scaled(), Scaled()))
+    assert followers.method == "fx"
+    assert followers.activation["0.fc"].family == "relu"

@@ -340,7 +340,11 @@ def test_unused_parameters_and_switches(setup, tmp_path):
         assert "activations" not in rec and "update_ratio" not in rec
         assert len(net[1]._forward_hooks) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.jsonl"]
-    assert len(opt._optimizer_step_pre_hooks) == 0  # close() removed the hooks
+    mon = Monitor(model, opt, trace_nonfinite=True)
+    # update-ratio pre-hook; tracer hook + activation hook (step 0 is sampled)
+    assert len(opt._optimizer_step_pre_hooks) == 1 and len(net[1]._forward_hooks) == 2
+    mon.close()  # removes every hook it added
+    assert len(opt._optimizer_step_pre_hooks) == 0 and len(net[1]._forward_hooks) == 0
 
 
 def test_float_loss_and_no_optimizer(setup):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -105,11 +105,13 @@ class AGC(Clipper):
     to 0.16 at smaller batches) and does not clip the final classifier: pass ``exclude``.
 
     The rule needs the weights, so AGC is called on the parameters (``agc(model)``,
-    ``agc(model.named_parameters())`` or ``agc(model.parameters())``); :meth:`decide` on a
-    norm alone cannot express it and raises. AGC is stateless; a non-finite gradient stays
-    non-finite (the guarded step skips such a step). The result's ``norm`` is the total 2-norm
-    of the gradients before clipping (all of them, excluded ones included), ``coef`` is the
-    total norm after divided by the total norm before (1 when nothing was clipped),
+    ``agc(model.named_parameters())`` or ``agc(model.parameters())``). Inside a guarded step,
+    which calls ``measure``/``decide``/``apply``, bind them at construction:
+    ``AGC(0.01, parameters=model)``; :meth:`apply` then clips the bound parameters' units and
+    the guarded step never folds AGC into a fused optimizer. AGC is stateless; a non-finite
+    gradient stays non-finite (the guarded step skips such a step). The result's ``norm`` is
+    the total 2-norm of the gradients before clipping (all of them, excluded ones included),
+    ``coef`` is the total norm after divided by the total norm before (1 if nothing clipped),
     ``threshold`` is ``inf`` (there is no global bound) and ``skip`` is False.
 
     Args:
@@ -117,6 +119,8 @@ class AGC(Clipper):
         eps: :math:`\epsilon` >= 0, floor of the weight norm so zero-initialised units can move.
         exclude: names or ``fnmatch`` patterns of parameters left unclipped (e.g. ``"fc.*"``,
             ``"head.weight"``); needs named parameters or a module when not empty.
+        parameters: optional module or (named) parameters to bind, for :meth:`decide` and
+            :meth:`apply` (the guarded step's protocol).
 
     Example:
         >>> import torch
@@ -129,14 +133,22 @@ class AGC(Clipper):
                 [0.0000, 0.0010]])
     """
 
-    #: The rule needs the parameters (weights), not only the total norm: a guarded step must
-    #: call ``clipper(parameters)`` rather than ``measure``/``decide``/``apply``.
+    #: The rule needs the parameters (weights), not only the total norm: ``decide``/``apply``
+    #: work only when the parameters were bound at construction (``parameters=``).
     needs_parameters: bool = True
 
+    #: AGC has no statistics: a guarded step may call :meth:`decide` on any norm.
+    stateful = False
+
     def __init__(
-        self, clip_factor: float = 0.01, eps: float = 1e-3, *, exclude: Iterable[str] = ()
+        self,
+        clip_factor: float = 0.01,
+        eps: float = 1e-3,
+        *,
+        exclude: Iterable[str] = (),
+        parameters: NamedParamsLike | None = None,
     ) -> None:
-        """Validate the settings."""
+        """Validate the settings; bind ``parameters`` for use inside a guarded step."""
         self.clip_factor = check_positive("clip_factor", clip_factor)
         self.eps = check_interval("eps", eps, 0.0, math.inf, "[)")
         if isinstance(exclude, str):
@@ -146,19 +158,22 @@ class AGC(Clipper):
             if not isinstance(pattern, str):
                 raise TypeError(f"exclude must hold parameter names (str), got {pattern!r}")
         self.exclude = patterns
+        self._bound: list[tuple[Tensor, bool]] | None = None
+        if parameters is not None:
+            self._bound = list(self._items(parameters))
+        #: The summary of the last clipping done by :meth:`apply` (bound mode).
+        self.last_result: ClipResult | None = None
 
     def __repr__(self) -> str:
         """``AGC(clip_factor=..., eps=..., exclude=...)``."""
         return f"AGC(clip_factor={self.clip_factor!r}, eps={self.eps!r}, exclude={self.exclude!r})"
 
-    def _select(self, parameters: NamedParamsLike) -> tuple[list[Tensor], list[Tensor]]:
-        """Split the parameters with a gradient into (clipped, excluded)."""
+    def _items(self, parameters: NamedParamsLike) -> Iterator[tuple[Tensor, bool]]:
+        """Yield ``(parameter, excluded)`` for each parameter."""
         if isinstance(parameters, nn.Module):
             parameters = parameters.named_parameters()
         elif isinstance(parameters, Tensor):
             parameters = [parameters]
-        kept: list[Tensor] = []
-        skipped: list[Tensor] = []
         for index, item in enumerate(parameters):
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
                 param = item[1]
@@ -175,25 +190,28 @@ class AGC(Clipper):
                     f"parameters[{index}] is a {type(param).__name__}; expected a tensor or a "
                     "(name, tensor) pair"
                 )
-            if param.grad is not None:
-                (skipped if excluded else kept).append(param)
-        return kept, skipped
+            yield param, excluded
 
+    @torch.no_grad()
     def __call__(self, parameters: NamedParamsLike) -> ClipResult:
         """Clip each unit's gradient in place; return the total norms' summary."""
-        kept, skipped = self._select(parameters)
+        items = [(p, excluded) for p, excluded in self._items(parameters) if p.grad is not None]
+        return self._clip(items)
+
+    def _clip(self, items: list[tuple[Tensor, bool]]) -> ClipResult:
+        kept = [p for p, excluded in items if not excluded]
+        rest = [p.grad for p, excluded in items if excluded and p.grad is not None]
         grads = [p.grad for p in kept if p.grad is not None]
-        if not grads and not skipped:
+        if not grads and not rest:
             zero = torch.zeros(())
             return ClipResult(zero, torch.ones(()), torch.tensor(math.inf), torch.tensor(False))
-        device = (grads or [p.grad for p in skipped if p.grad is not None])[0].device
+        device = (grads or rest)[0].device
         pre = post = torch.zeros((), device=device)
         if grads:
             pre, post = adaptive_clip_grad_(
                 [p.detach() for p in kept], grads, self.clip_factor, self.eps
             )
-        if skipped:
-            rest = [p.grad for p in skipped if p.grad is not None]
+        if rest:
             acc = torch.float64 if any(g.dtype == torch.float64 for g in rest) else torch.float32
             if any_dtensor(rest):  # the global norm of the excluded shards
                 rest_sq = total_norm(rest, 2.0).to(device, acc).square()
@@ -211,15 +229,38 @@ class AGC(Clipper):
         )
 
     def decide(self, norm: Tensor) -> ClipResult:
-        """Not available: AGC's rule needs the weights. Call ``agc(parameters)`` instead.
+        """With bound parameters: the identity result (the per-unit clipping is in :meth:`apply`).
+
+        Lets a guarded step run measure, decide, apply: ``coef`` is 1 and ``threshold`` inf
+        here; :attr:`last_result` holds the real summary once :meth:`apply` has run.
 
         Raises:
-            TypeError: always.
+            TypeError: without bound parameters (a total norm cannot express the rule).
         """
-        raise TypeError(
-            "AGC clips each unit relative to its weight norm, which a total norm cannot "
-            "express: call agc(model) or agc(model.named_parameters()) instead of decide()"
-        )
+        self._require_bound("decide")
+        one = torch.ones((), dtype=norm.dtype, device=norm.device)
+        inf = torch.full((), math.inf, dtype=norm.dtype, device=norm.device)
+        return ClipResult(norm, one, inf, torch.zeros((), dtype=torch.bool, device=norm.device))
+
+    @torch.no_grad()
+    def apply(self, grads: list[Tensor], result: ClipResult) -> None:
+        """With bound parameters: clip the units of the bound parameters whose grad is in ``grads``.
+
+        Raises:
+            TypeError: without bound parameters.
+        """
+        bound = self._require_bound("apply")
+        wanted = {id(g) for g in grads}
+        items = [(p, ex) for p, ex in bound if p.grad is not None and id(p.grad) in wanted]
+        self.last_result = self._clip(items)
+
+    def _require_bound(self, method: str) -> list[tuple[Tensor, bool]]:
+        if self._bound is None:
+            raise TypeError(
+                f"AGC.{method}() needs the weights: construct AGC(..., parameters=model) to use it "
+                "inside a guarded step, or call agc(model) / agc(model.named_parameters())"
+            )
+        return self._bound
 
     def state_dict(self) -> dict[str, Any]:
         """Return the settings (AGC has no statistics), with ``_version``."""

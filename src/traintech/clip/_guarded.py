@@ -28,7 +28,8 @@ class StepReport:
         coef: 0-dim tensor, the clip coefficient applied to the update (1.0 = none).
         skipped: 0-dim bool tensor, True when the optimizer update was skipped.
         clip: the clipper's :class:`ClipResult`, or None without a clipper or when the norm was
-            non-finite (the clipper is then not consulted).
+            non-finite (the clipper is then not consulted; on the fused path a stateless
+            clipper is consulted with a zero norm instead, to avoid a host sync).
         fused: True when the coefficient was folded into a fused optimizer's step.
     """
 
@@ -266,7 +267,10 @@ class GuardedStep:
         result: ClipResult | None = None
         coef = torch.ones((), dtype=norm.dtype, device=device)
         if self.clipper is not None and (not self.clipper.stateful or not bool(nonfinite)):
-            result = self.clipper.decide(norm)
+            # decide() never sees a non-finite norm: a stateless clipper judges a zero norm
+            # instead (no host sync), and the skip flag already holds the verdict.
+            safe = torch.where(nonfinite, torch.zeros_like(norm), norm)
+            result = self.clipper.decide(safe)
             coef = result.coef
             bad = bad | result.skip.to(device)
         inv = 1.0 / coef.to(torch.float32)

@@ -247,6 +247,7 @@ def _torch_formula_norm(grads: list[Tensor], norm_type: float, dtype: torch.dtyp
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
+@torch.no_grad()
 def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     r"""The ``norm_type``-norm of all ``grads`` viewed as one vector.
 

@@ -83,7 +83,8 @@ class ZClip(AdaptiveClipper):
         max_grad_norm: optional hard cap on the norm, applied at every step, warm-up included.
         warmup_steps: number of finite norms collected before the EMAs start; >= 1.
         mode: ``"zscore"`` or ``"percentile"`` (always clip to :math:`\mu + z\sigma`).
-        clip_option: in zscore mode, ``"adaptive_scaling"`` or ``"mean"``.
+        clip_option: in zscore mode, ``"adaptive_scaling"`` or ``"mean"`` (ignored in
+            percentile mode, where None is accepted as in the package).
         clip_factor: :math:`\lambda`, multiplier of the adaptive-scaling bound; > 0.
         skip_update_on_spike: if True a spike does not update the EMAs (zclip's option; the
             optimizer still steps).
@@ -113,7 +114,7 @@ class ZClip(AdaptiveClipper):
         max_grad_norm: float | None = None,
         warmup_steps: int = 25,
         mode: str = "zscore",
-        clip_option: str = "adaptive_scaling",
+        clip_option: str | None = "adaptive_scaling",
         clip_factor: float = 1.0,
         skip_update_on_spike: bool = False,
         *,
@@ -127,6 +128,8 @@ class ZClip(AdaptiveClipper):
             max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
         warmup_steps = check_count("warmup_steps", warmup_steps)
         mode = check_choice("mode", mode, _MODES)
+        if clip_option is None and mode == "percentile":  # the zclip package allows this
+            clip_option = "adaptive_scaling"
         clip_option = check_choice("clip_option", clip_option, _CLIP_OPTIONS)
         clip_factor = check_positive("clip_factor", clip_factor)
         if not isinstance(skip_update_on_spike, bool):

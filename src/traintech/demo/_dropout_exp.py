@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from traintech.demo import _impl
 from traintech.demo._common import ExperimentResult, Tick, accuracy, mean
 from traintech.demo._data import load_digits, load_ood_patches, load_text, take_batches
+from traintech.demo._impl import implementation_sources
 from traintech.demo._verdict import Check, Claim
+from traintech.dropout import Dropout, mc_predict
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class DropoutConfig:
 
 def digits_mlp(cfg: DropoutConfig, p: float) -> nn.Sequential:
     """64-256-256-10 ReLU MLP with dropout after each hidden activation."""
-    dropout = _impl.get("dropout", "Dropout")
+    dropout = Dropout
     h = cfg.digits_hidden
     return nn.Sequential(
         nn.Linear(64, h),
@@ -78,7 +79,7 @@ class CharMLP(nn.Module):
 
     def __init__(self, cfg: DropoutConfig, vocab: int, p: float) -> None:
         super().__init__()
-        dropout = _impl.get("dropout", "Dropout")
+        dropout = Dropout
         self.embed = nn.Embedding(vocab, cfg.embed)
         h = cfg.char_hidden
         self.net = nn.Sequential(
@@ -215,14 +216,14 @@ def run_seed(cfg: DropoutConfig, seed: int, tick: Tick) -> dict[str, object]:
             "gap": curves["val"][-1] - curves["train"][-1],
         }
 
-    mc_predict = _impl.get("dropout", "mc_predict")
     mc_model = models["dropout"]
     ood = load_ood_patches(cfg.ood_patches)
     gen = torch.Generator().manual_seed(seed)
-    test_mc = mc_predict(mc_model, digits.x_test, n_samples=cfg.mc_samples, generator=gen)
-    ood_mc = mc_predict(mc_model, ood, n_samples=cfg.mc_samples, generator=gen)
-    ent_test, ent_ood = _impl.entropy_of(test_mc), _impl.entropy_of(ood_mc)
-    correct = _impl.mean_of(test_mc).argmax(-1) == digits.y_test
+    test_mc = mc_predict(mc_model, digits.x_test, cfg.mc_samples, gen, task="classification")
+    ood_mc = mc_predict(mc_model, ood, cfg.mc_samples, gen, task="classification")
+    ent_test, ent_ood = test_mc.entropy, ood_mc.entropy
+    assert ent_test is not None and ent_ood is not None  # always set for classification
+    correct = test_mc.mean.argmax(-1) == digits.y_test
     with torch.no_grad():
         det: dict[str, tuple[Tensor, Tensor]] = {}
         for name, net in models.items():
@@ -284,7 +285,7 @@ def run_dropout(cfg: DropoutConfig, seeds: list[int], tick: Tick) -> ExperimentR
         settings=asdict(cfg),
         numbers=numbers,
         claims=_claims(cfg, summary),
-        sources=_impl.implementation_sources(["dropout"]),
+        sources=implementation_sources("dropout"),
     )
 
 

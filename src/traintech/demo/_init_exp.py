@@ -18,10 +18,19 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from traintech.demo import _impl
 from traintech.demo._common import ExperimentResult, Tick, accuracy, mean, mlp, train_classifier
 from traintech.demo._data import load_digits
+from traintech.demo._impl import implementation_sources
 from traintech.demo._verdict import Check, Claim
+from traintech.init import (
+    calculate_gain,
+    init_model,
+    kaiming_normal_,
+    lecun_normal_,
+    lsuv_,
+    orthogonal_,
+    xavier_normal_,
+)
 
 INITS = ("he", "xavier", "lecun", "orthogonal", "lsuv", "auto", "small")
 LABELS = {
@@ -63,25 +72,21 @@ class InitConfig:
 def _apply_init(model: nn.Sequential, scheme: str, batch: Tensor, gen: torch.Generator) -> None:
     linears = [m for m in model if isinstance(m, nn.Linear)]
     if scheme == "lsuv":
-        _impl.get("init", "lsuv_")(model, batch)
+        lsuv_(model, batch, generator=gen)
         return
     if scheme == "auto":
-        _impl.get("init", "init_model")(model, scheme="auto", generator=gen)
+        init_model(model, scheme="auto", generator=gen)
         return
     init: Callable[[Tensor], object]
     if scheme == "he":
-        kaiming = _impl.get("init", "kaiming_normal_")
-        init = lambda w: kaiming(w, nonlinearity="relu", generator=gen)  # noqa: E731
+        init = lambda w: kaiming_normal_(w, nonlinearity="relu", generator=gen)  # noqa: E731
     elif scheme == "xavier":
-        xavier = _impl.get("init", "xavier_normal_")
-        init = lambda w: xavier(w, generator=gen)  # noqa: E731
+        init = lambda w: xavier_normal_(w, generator=gen)  # noqa: E731
     elif scheme == "lecun":
-        lecun = _impl.get("init", "lecun_normal_")
-        init = lambda w: lecun(w, generator=gen)  # noqa: E731
+        init = lambda w: lecun_normal_(w, generator=gen)  # noqa: E731
     elif scheme == "orthogonal":
-        orthogonal = _impl.get("init", "orthogonal_")
-        gain = _impl.get("init", "calculate_gain")("relu")
-        init = lambda w: orthogonal(w, gain=gain, generator=gen)  # noqa: E731
+        gain = calculate_gain("relu")
+        init = lambda w: orthogonal_(w, gain=gain, generator=gen)  # noqa: E731
     elif scheme == "small":
         init = lambda w: w.normal_(0.0, 0.01, generator=gen)  # noqa: E731
     else:
@@ -93,22 +98,28 @@ def _apply_init(model: nn.Sequential, scheme: str, batch: Tensor, gen: torch.Gen
 
 
 def _tanh_inits(gen: torch.Generator) -> dict[str, Callable[[Tensor], object]]:
-    xavier, kaiming = _impl.get("init", "xavier_normal_"), _impl.get("init", "kaiming_normal_")
     return {
-        "xavier": lambda w: xavier(w, generator=gen),
-        "he": lambda w: kaiming(w, nonlinearity="relu", generator=gen),
+        "xavier": lambda w: xavier_normal_(w, generator=gen),
+        "he": lambda w: kaiming_normal_(w, nonlinearity="relu", generator=gen),
     }
 
 
 def activation_stds(model: nn.Sequential, batch: Tensor) -> list[float]:
-    """Std of each hidden activation (the output of every activation module), first to last."""
+    """Std of each hidden activation (every ReLU/Tanh output), first to last.
+
+    The network runs in float32 as in training; each std is computed in float64 from the
+    float32 activations, so a tiny but nonzero std is not rounded to 0 by the statistic itself
+    (``traintech.init.variance_profile`` accumulates in float32, where the variance of
+    activations below about 1e-19 underflows). A std of exactly 0 means the activations
+    themselves underflowed.
+    """
     stds: list[float] = []
     h = batch
     with torch.no_grad():
         for module in model:
             h = module(h)
-            if not isinstance(module, nn.Linear):
-                stds.append(float(h.float().std()))
+            if isinstance(module, (nn.ReLU, nn.Tanh)):
+                stds.append(float(h.double().std(unbiased=False)))
     return stds
 
 
@@ -210,7 +221,7 @@ def run_init(cfg: InitConfig, seeds: list[int], tick: Tick) -> ExperimentResult:
         settings=asdict(cfg),
         numbers=numbers,
         claims=claims,
-        sources=_impl.implementation_sources(["init"]),
+        sources=implementation_sources("init"),
     )
 
 

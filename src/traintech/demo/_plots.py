@@ -89,7 +89,7 @@ def plot_init(result: ExperimentResult, out: Path) -> dict[str, str]:
     ax2.set_ylim(0, 1.08)
     ax2.set_ylabel("test accuracy")
     ax2.set_title(f"After training a {result.settings['train_depth']}-layer MLP")
-    ax2.legend(fontsize=8, loc="upper right")
+    ax2.legend(fontsize=8, loc="center right")
     claims = [_claim(result, k) for k in ("init.depth", "init.train", "init.tanh")]
     name = _save(fig, out, "init_activation_std.png", claims)
     return {name: " ".join(caption(c) for c in claims)}
@@ -107,10 +107,9 @@ def plot_clip(result: ExperimentResult, out: Path) -> dict[str, str]:
     for color, (mode, runs) in zip(_COLORS, n["per_seed"].items(), strict=False):
         run = runs[0]
         steps = range(1, len(run["loss"]) + 1)
-        ax1.plot(steps, _finite_positive(run["loss"]), color=color, lw=1.2, label=label(mode, cfg))
-        ax2.plot(
-            steps, _finite_positive(run["grad_norm"]), color=color, lw=1.0, label=label(mode, cfg)
-        )
+        style = {"color": color, "ls": "--" if mode == "zclip" else "-", "label": label(mode, cfg)}
+        ax1.plot(steps, _finite_positive(run["loss"]), lw=1.2, **style)
+        ax2.plot(steps, _finite_positive(run["grad_norm"]), lw=1.0, **style)
     uniform = n["uniform_guess_loss"]
     ax1.axhline(uniform, color="k", ls=":", lw=1, label=f"uniform guess ({uniform:.2f})")
     for ax, ylabel, title in (
@@ -166,7 +165,8 @@ def plot_norm(result: ExperimentResult, out: Path) -> dict[str, str]:
         ax.set_ylim(0, 1.05)
         ax.axhline(0.1, color="k", ls=":", lw=1)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+    ax1.legend(fontsize=8, loc="lower right")
+    ax2.legend(fontsize=8, loc="lower left")
     claims = [_claim(result, k) for k in ("norm.small_batch", "norm.high_lr")]
     name = _save(fig, out, "norm_accuracy.png", claims)
     return {name: " ".join(caption(c) for c in claims)}

@@ -48,8 +48,8 @@ def write_json(results: Sequence[ExperimentResult], meta: dict[str, Any], path: 
     path.write_text(json.dumps(json_ready(payload), indent=1, allow_nan=False) + "\n")
 
 
-def _stand_ins(result: ExperimentResult) -> list[str]:
-    return [f"{name}: {source}" for name, source in result.sources.items() if source != "traintech"]
+def _implementations(result: ExperimentResult) -> str:
+    return "Implementations tested (traintech's own): " + ", ".join(sorted(result.sources)) + "."
 
 
 def write_markdown(results: Sequence[ExperimentResult], meta: dict[str, Any], path: Path) -> None:
@@ -78,9 +78,7 @@ def write_markdown(results: Sequence[ExperimentResult], meta: dict[str, Any], pa
             "",
             f"Wall time {r.seconds:.1f} s ({r.cpu_seconds:.1f} s of CPU).",
         ]
-        stand = _stand_ins(r)
-        if stand:
-            lines += ["", "Implementations not from traintech in this run: " + "; ".join(stand)]
+        lines += ["", _implementations(r)]
         for c in r.claims:
             lines += ["", f"### {c.text}: {c.verdict}", ""]
             lines += [f"- {check.describe()}" for check in c.checks]
@@ -134,12 +132,7 @@ def write_html(results: Sequence[ExperimentResult], meta: dict[str, Any], out: P
             f"<h2>{esc(r.title)}</h2><p>Wall time {r.seconds:.1f} s "
             f"({r.cpu_seconds:.1f} s of CPU).</p>"
         )
-        stand = _stand_ins(r)
-        if stand:
-            parts.append(
-                "<p class='note'>Implementations not from traintech in this run: "
-                f"{esc('; '.join(stand))}</p>"
-            )
+        parts.append(f"<p class='note'>{esc(_implementations(r))}</p>")
         for c in r.claims:
             parts.append(f"<h3>{esc(c.text)} {_badge(c.verdict)}</h3><ul>")
             for check in c.checks:

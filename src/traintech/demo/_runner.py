@@ -28,11 +28,11 @@ def _plan(
         icfg = InitConfig.quick() if quick else InitConfig()
         return (len(seeds) * (3 + len(icfg.train_inits)), lambda tick: run_init(icfg, seeds, tick))
     if name == "clip":
-        from traintech.demo._clip_exp import ClipConfig, available_modes, run_clip
+        from traintech.demo._clip_exp import MODES, ClipConfig, run_clip
 
         ccfg = ClipConfig.quick() if quick else ClipConfig()
         return (
-            len(seeds) * ccfg.steps * len(available_modes()),
+            len(seeds) * ccfg.steps * len(MODES),
             lambda tick: run_clip(ccfg, seeds, tick),
         )
     if name == "norm":
@@ -143,11 +143,6 @@ def run(
     print()
     print(_summary_table(results))
     print()
-    stand_ins = sorted(
-        {f"{k} ({v})" for r in results for k, v in r.sources.items() if v != "traintech"}
-    )
-    if stand_ins:
-        print("Not traintech's own implementation in this run: " + ", ".join(stand_ins))
     print(
         f"Report: {out_dir / 'report.html'} (also report.md, results.json, PNGs) "
         f"in {meta['seconds']:.0f} s ({meta['cpu_seconds']:.0f} s of CPU)."

@@ -15,8 +15,8 @@ Families (the init each implies is decided in ``_rules.py``):
   model's output).
 
 Transparent operations (looked through): dropout, pooling, flatten/reshape/view/permute and
-friends, padding, upsampling, identity, normalization layers, residual additions and
-concatenation.
+friends, padding, upsampling, identity, normalization layers, residual additions, scaling and
+gating products (``*``, ``/``, ``-``: the consumer of the product decides) and concatenation.
 """
 
 from __future__ import annotations
@@ -86,6 +86,17 @@ _TRANSPARENT = {
     "pixel_shuffle",
     "channel_shuffle",
     "detach",
+    "mul",
+    "mul_",
+    "imul",
+    "truediv",
+    "div",
+    "div_",
+    "itruediv",
+    "sub",
+    "sub_",
+    "isub",
+    "neg",
 }
 _TRANSPARENT_PATTERN = re.compile(r"dropout|drop_path|droppath|dropblock|pool")
 _NORM_NAME = re.compile(r"Norm(\d[dD])?$")

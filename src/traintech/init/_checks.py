@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
+import torch
 from torch import Tensor
 
-__all__ = ["check_gain", "check_tensor"]
+__all__ = ["check_gain", "check_generator_device", "check_tensor"]
 
 
 def check_tensor(tensor: object, name: str = "tensor") -> Tensor:
@@ -27,3 +29,24 @@ def check_gain(gain: float) -> float:
     if not (math.isfinite(gain) and gain >= 0):
         raise ValueError(f"gain ({gain}) must be a finite number >= 0; the sign carries no meaning")
     return float(gain)
+
+
+def check_generator_device(generator: object, tensors: Iterable[Tensor]) -> None:
+    """Raise before any write if ``generator`` cannot sample on the tensors' device.
+
+    Raises:
+        TypeError: if ``generator`` is neither None nor a ``torch.Generator``.
+        ValueError: if a (non-meta) tensor lives on another device type than ``generator``.
+    """
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    for t in tensors:
+        if t.device.type not in ("meta", generator.device.type):
+            raise ValueError(
+                f"generator is on {generator.device} but the model has parameters on "
+                f"{t.device}; pass torch.Generator(device={t.device.type!r})"
+            )

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ._batch import call_model, check_batch, first_tensor
+from ._checks import check_generator_device
 from ._graph import is_weight_layer
 from ._orthogonal import orthogonal_
 from ._table import fmt_float, format_table
@@ -124,6 +125,7 @@ def lsuv_(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_batch(batch)
+    check_generator_device(generator, list(model.parameters()))
     if not (math.isfinite(target_var) and target_var > 0):
         raise ValueError(f"target_var ({target_var}) must be a finite number > 0")
     if not (math.isfinite(tol) and tol > 0):

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ._activations import Activation, is_norm_module
+from ._checks import check_generator_device
 from ._graph import Followers, find_followers, is_weight_layer
 from ._recurrent import Action, is_recurrent, plan_recurrent
 from ._report import InitRecord, InitReport
@@ -142,10 +143,7 @@ def _validate(
 ) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
+    check_generator_device(generator, list(model.parameters()))
     if distribution not in _DISTRIBUTIONS:
         raise ValueError(
             f"distribution must be one of {list(_DISTRIBUTIONS)}, got {distribution!r}"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from ._activations import Activation, classify_function, classify_module
 
@@ -44,8 +44,13 @@ class Summary:
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, composite: set[int]) -> None:
-        super().__init__()
+    def __init__(self, composite: set[int], autowrap: bool) -> None:
+        # fx patches every ``math`` function anew on each trace, which costs more than the rest
+        # of a small trace; it is only needed when ``math.*`` is called on a traced value.
+        if autowrap:
+            super().__init__()
+        else:
+            super().__init__(autowrap_modules=(), autowrap_functions=())  # type: ignore[arg-type]
         self.composite = composite
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -64,11 +69,21 @@ def _plain(value: object) -> bool:
     return isinstance(value, tuple) and all(_plain(v) for v in value)
 
 
+def _attribute_key(name: str, value: object) -> Hashable:
+    if _plain(value):
+        return value
+    if name.startswith("_") or isinstance(value, (nn.Module, Tensor)):
+        return None  # torch's own bookkeeping; submodules and tensors are compared elsewhere
+    # other configuration (lists, dicts, partials): by repr; an address in it only makes
+    # blocks differ, which is safe (they are then traced separately)
+    return repr(value)
+
+
 def signature(module: nn.Module) -> Hashable:
-    """Class, layout and plain attributes of ``module`` and all its submodules."""
+    """Class, layout and configuration attributes of ``module`` and all its submodules."""
     parts = []
     for name, sub in module.named_modules():
-        attrs = tuple(sorted((k, v) for k, v in vars(sub).items() if _plain(v)))
+        attrs = tuple(sorted((k, _attribute_key(k, v)) for k, v in vars(sub).items()))
         parts.append((name, type(sub), attrs))
     return tuple(parts)
 
@@ -101,7 +116,10 @@ def _repeated_blocks(root: nn.Module) -> dict[int, Hashable]:
 def analyse(module: nn.Module, cache: dict[Hashable, Summary | None]) -> Summary:
     """Trace ``module`` and summarise what follows each weight layer (raises if untraceable)."""
     composite = _repeated_blocks(module)
-    graph = _Tracer(set(composite)).trace(module)
+    try:
+        graph = _Tracer(set(composite), autowrap=False).trace(module)
+    except TypeError:  # e.g. math.sqrt(x.size(-1)): retry with fx's default autowrapping
+        graph = _Tracer(set(composite), autowrap=True).trace(module)
     modules = dict(module.named_modules())
     memo: dict[fx.Node, list[Activation]] = {}
 

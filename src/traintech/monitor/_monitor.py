@@ -10,37 +10,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from traintech.clip._protocol import ClipResult
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import ActivationProbe, NonFiniteTracer
+from traintech.monitor._runlog import RunLog
 from traintech.monitor._spikes import SpikeDetector
-from traintech.monitor._writers import (
-    CSV_NAME,
-    JSONL_NAME,
-    CsvWriter,
-    JsonlWriter,
-    TensorBoardWriter,
-    finite_or_none,
-    prepare_log_dir,
-    tensorboard_available,
-)
+from traintech.monitor._updates import UpdateTracker, foreach_norms
+from traintech.monitor._writers import finite_or_none, prepare_log_dir, tensorboard_available
 
 
 class NonFiniteError(RuntimeError):
     """Raised by :meth:`Monitor.step` (with ``raise_on_nonfinite=True``) at a NaN/Inf."""
-
-
-def foreach_norms(tensors: list[Tensor]) -> Tensor:
-    """The 2-norm of each tensor, in one ``torch._foreach_norm`` call, stacked on one device.
-
-    Accumulates in float32 (float64 when any tensor is float64), so fp16/bf16 do not overflow.
-    """
-    acc = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    norms = torch._foreach_norm(tensors, 2, dtype=acc)
-    device = norms[0].device
-    return torch.stack([n.to(device) for n in norms])
 
 
 def _check_every(name: str, value: int | None, allow_none: bool) -> None:
@@ -98,7 +79,12 @@ class Monitor:
         spike_warmup: logged steps before spikes are scored. Default: 20.
         history: logged steps kept in memory for :meth:`summary`. Default: 2000.
         tensorboard: write TensorBoard events; None: when ``tensorboard`` is installed and
-            ``log_dir`` is set (one event with every tag per logged step). Default: None.
+            ``log_dir`` is set. Each logged step is one event with the global scalars; the
+            per-layer ones join it every ``tensorboard_layers_every`` logged steps and on
+            sampled steps (TensorBoard checksums events in pure Python, about a microsecond per
+            byte, so dozens of per-layer tags every step would cost more than the monitor
+            itself; JSONL and CSV always hold everything). Default: None.
+        tensorboard_layers_every: see ``tensorboard`` (>= 1). Default: 10.
         csv: write ``monitor.csv`` when ``log_dir`` is set. Default: True.
 
     Example:
@@ -133,6 +119,7 @@ class Monitor:
         spike_warmup: int = 20,
         history: int = 2000,
         tensorboard: bool | None = None,
+        tensorboard_layers_every: int = 10,
         csv: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -145,6 +132,7 @@ class Monitor:
         _check_every("update_every", update_every, allow_none=True)
         _check_every("activation_every", activation_every, allow_none=True)
         _check_every("history", history, allow_none=False)
+        _check_every("tensorboard_layers_every", tensorboard_layers_every, allow_none=False)
         self.loss_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.grad_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.log_dir = None if log_dir is None else prepare_log_dir(log_dir)
@@ -157,6 +145,7 @@ class Monitor:
         self.update_every = update_every
         self.activation_every = activation_every
         self.raise_on_nonfinite = raise_on_nonfinite
+        self.tensorboard_layers_every = tensorboard_layers_every
         self.step_count = 0
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.events: deque[dict[str, Any]] = deque(maxlen=history)
@@ -175,31 +164,19 @@ class Monitor:
         }
         self._probe = ActivationProbe(leaves)
         self._tracer = NonFiniteTracer(model) if trace_nonfinite else None
-        self._opt_handles: list[RemovableHandle] = []
-        self._before: tuple[list[str], list[Tensor], list[Tensor]] | None = None
-        self._update: tuple[list[str], Tensor] | None = None
-        self._opt_params: list[tuple[str, Tensor]] = []
+        self._updates: UpdateTracker | None = None
         if optimizer is not None and update_every is not None:
-            by_id = {id(p): n for n, p in self._params}
-            self._opt_params = [
-                (by_id[id(p)], p) for g in optimizer.param_groups for p in g["params"]
-                if id(p) in by_id
-            ]
-            self._opt_handles.append(optimizer.register_step_pre_hook(self._pre_step))
-            self._opt_handles.append(optimizer.register_step_post_hook(self._post_step))
+            self._updates = UpdateTracker(
+                optimizer, self._params, lambda: self._sampled(self.step_count, update_every)
+            )
 
-        self._jsonl: JsonlWriter | None = None
-        self._csv: CsvWriter | None = None
-        self._tb: TensorBoardWriter | None = None
+        self._log: RunLog | None = None
         if self.log_dir is not None:
-            self._jsonl = JsonlWriter(self.log_dir / JSONL_NAME)
-            self._jsonl.write({"meta": self.meta})
-            if csv:
-                self._csv = CsvWriter(self.log_dir / CSV_NAME, self._csv_columns(leaves))
-            if tensorboard is None:
-                tensorboard = tensorboard_available()
-            if tensorboard:
-                self._tb = TensorBoardWriter(self.log_dir)
+            self._log = RunLog(
+                self.log_dir, self.meta, [n for n, _ in self._params], [n for n, _ in leaves],
+                csv=csv, tensorboard=tensorboard, layers_every=tensorboard_layers_every,
+                every=every,
+            )
         self._arm(self.step_count)
 
     # -- sampling -------------------------------------------------------------------------
@@ -212,35 +189,6 @@ class Monitor:
     def _arm(self, t: int) -> None:
         if self._sampled(t, self.activation_every):
             self._probe.arm()
-
-    def _csv_columns(self, leaves: list[tuple[str, nn.Module]]) -> list[str]:
-        cols = ["step", "loss", "grad_norm", "loss_z", "grad_z"]
-        cols += ["clip_norm", "clip_coef", "clip_threshold", "clip_skip"]
-        cols += [f"grad_norm/{n}" for n, _ in self._params]
-        cols += [f"update_ratio/{n}" for n, _ in self._params]
-        for n, _ in leaves:
-            cols += [f"act_mean/{n}", f"act_std/{n}", f"act_dead/{n}"]
-        return cols
-
-    # -- optimizer hooks (update-to-weight ratio) ------------------------------------------
-    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._before = None
-        if not self._opt_params or not self._sampled(self.step_count, self.update_every):
-            return
-        names = [n for n, _ in self._opt_params]
-        params = [p.detach() for _, p in self._opt_params]
-        with torch.no_grad():
-            self._before = (names, params, list(torch._foreach_mul(params, 1.0)))
-
-    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._before is None:
-            return
-        names, params, before = self._before
-        self._before = None
-        with torch.no_grad():
-            diff = torch._foreach_sub(params, before)
-            upd = foreach_norms(list(diff))
-            self._update = (names, torch.cat([upd, foreach_norms(before).to(upd.device)]))
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss: Tensor | float | None = None, clip: ClipResult | None = None) -> (
@@ -264,7 +212,8 @@ class Monitor:
         t = self.step_count
         self.step_count += 1
         if not self._logged(t):
-            self._update = None
+            if self._updates is not None:
+                self._updates.take()
             self._arm(self.step_count)
             if self._tracer is not None:
                 self._check_trace_only(self._tracer, t)
@@ -306,9 +255,9 @@ class Monitor:
             ]
         if scalars:
             pieces.append(torch.stack([x.to(scalars[0].dtype) for x in scalars]))
-        update, self._update = self._update, None
+        update = self._updates.take() if self._updates is not None else None
         if update is not None:
-            pieces.append(update[1].to(device))
+            pieces.append(update.to(device))
         act_names, act = self._probe.collect() if self._probe.armed else ([], None)
         if act is not None:
             pieces.append(act.reshape(-1).to(device))
@@ -342,13 +291,14 @@ class Monitor:
             watched = cnorm
         names = [n for n, _ in with_grad]
         record["grad_norms"] = {n: finite_or_none(v) for n, v in zip(names, gnorms, strict=True)}
-        if update is not None:
-            k = len(update[0])
+        if update is not None and self._updates is not None:
+            upd_names = self._updates.names
+            k = len(upd_names)
             upd, w = flat[pos : pos + k], flat[pos + k : pos + 2 * k]
             pos += 2 * k
             record["update_ratio"] = {
                 n: finite_or_none(u / wn if wn > 0 else math.inf)
-                for n, u, wn in zip(update[0], upd, w, strict=True)
+                for n, u, wn in zip(upd_names, upd, w, strict=True)
             }
         if act is not None:
             vals = flat[pos : pos + 3 * len(act_names)]
@@ -414,14 +364,8 @@ class Monitor:
     def _finish(self, record: dict[str, Any]) -> None:
         """Keep ``record`` in memory and write it; raise if it holds a non-finite event."""
         self.history.append(record)
-        if self._jsonl is not None:
-            self._jsonl.write(record)
-        if self._csv is not None or self._tb is not None:
-            row = _flatten(record)
-            if self._csv is not None:
-                self._csv.write(row)
-            if self._tb is not None:
-                self._tb.write(record["step"], {k: v for k, v in row.items() if k != "step"})
+        if self._log is not None:
+            self._log.write(record)
         if self.raise_on_nonfinite:
             for event in record["events"]:
                 if event["kind"] == "nonfinite":
@@ -481,40 +425,14 @@ class Monitor:
         self._probe.disarm()
         if self._tracer is not None:
             self._tracer.remove()
-        for handle in self._opt_handles:
-            handle.remove()
-        self._opt_handles.clear()
-        for writer in (self._jsonl, self._csv, self._tb):
-            if writer is not None:
-                writer.close()
-        self._jsonl = self._csv = self._tb = None
+        if self._updates is not None:
+            self._updates.remove()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _flatten(record: dict[str, Any]) -> dict[str, Any]:
-    """A logged record as flat ``name -> number`` columns (CSV header names, TensorBoard tags)."""
-    row: dict[str, Any] = {
-        "step": record["step"],
-        "loss": record.get("loss"),
-        "grad_norm": record.get("grad_norm"),
-        "loss_z": record.get("loss_z"),
-        "grad_z": record.get("grad_z"),
-    }
-    clip = record.get("clip")
-    if clip:
-        for key in ("norm", "coef", "threshold"):
-            row[f"clip_{key}"] = clip[key]
-        row["clip_skip"] = float(clip["skip"])
-    for name, value in record.get("grad_norms", {}).items():
-        row[f"grad_norm/{name}"] = value
-    for name, value in record.get("update_ratio", {}).items():
-        row[f"update_ratio/{name}"] = value
-    for name, stats in record.get("activations", {}).items():
-        for key in ("mean", "std", "dead"):
-            row[f"act_{key}/{name}"] = stats[key]
-    return row
