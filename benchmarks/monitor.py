@@ -3,9 +3,13 @@
 Times a full step (zero_grad, forward, cross-entropy, backward, AdamW step) without a monitor,
 with ``Monitor`` at default settings (logging to JSONL, CSV and TensorBoard in a temporary
 folder), with activation statistics every 10 steps, and the cost of locating NaN/Inf origins
-(``trace_nonfinite=True``) against ``torch.autograd.detect_anomaly``. Variants run in
-alternating blocks so machine load hits them alike; the median block time per step is shown,
-and the overhead from the best (least disturbed) block of each variant next to it.
+(``trace_nonfinite=True``) against ``torch.autograd.detect_anomaly``.
+
+Variants run in alternating blocks of ``--block`` steps (a multiple of 10, so every block holds
+the same share of sampled steps). Each block is timed twice: by the CPU time of the training
+thread (``time.thread_time``; torch runs on that one thread and the monitor starts no thread
+of its own), which a busy machine barely disturbs, and by wall time. The table shows the median
+block of each, per step; the ratios use CPU time.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def make_step(
 
 def main() -> None:
     parser = common_parser(__doc__ or "")
-    parser.add_argument("--block", type=int, default=20, help="steps per timed block")
+    parser.add_argument("--block", type=int, default=10, help="steps per timed block")
     args = parser.parse_args()
     set_threads(args.threads)
     cfg = Config()
@@ -113,17 +117,19 @@ def main() -> None:
             for _ in range(args.warmup * 2):
                 step()
         times: dict[str, list[float]] = {name: [] for name in steps}
+        walls: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.repeats):
             for name, step in steps.items():
-                start = time.perf_counter()
+                start, wall = time.thread_time(), time.perf_counter()
                 for _ in range(args.block):
                     step()
-                times[name].append((time.perf_counter() - start) / args.block)
+                times[name].append((time.thread_time() - start) / args.block)
+                walls[name].append((time.perf_counter() - wall) / args.block)
         for mon in monitors:
             mon.close()
 
     med = {name: statistics.median(t) for name, t in times.items()}
-    best = {name: min(t) for name, t in times.items()}
+    wall = {name: statistics.median(t) for name, t in walls.items()}
     base = med["no monitor"]
     targets = {
         "monitor defaults": "<= 3%",
@@ -138,14 +144,15 @@ def main() -> None:
             med[name],
             "no monitor",
             {
-                "overhead (median)": f"{(med[name] / base - 1) * 100:+.1f}%",
-                "overhead (best block)": f"{(best[name] / best['no monitor'] - 1) * 100:+.1f}%",
+                "overhead (CPU)": f"{(med[name] / base - 1) * 100:+.1f}%",
+                "overhead (wall)": f"{(wall[name] / wall['no monitor'] - 1) * 100:+.1f}%",
                 "target": targets[name],
             },
         )
         for name in targets
     ]
-    print_table(f"monitor overhead, {cfg} ({args.repeats} x {args.block} steps)", rows, args.json)
+    title = f"monitor overhead (CPU time per step), {cfg} ({args.repeats} x {args.block} steps)"
+    print_table(title, rows, args.json)
     trace = med["monitor, trace_nonfinite"] - base
     anomaly = med["detect_anomaly"] - base
     print(

@@ -122,10 +122,10 @@ def test_exclude_needs_names_and_parameters_must_be_tensors():
     assert AGC.needs_parameters
 
 
-def test_no_gradients_gives_identity_result():
+def test_no_gradients_raises_like_every_clipper():
     w = nn.Parameter(torch.ones(3))
-    result = AGC()([w])
-    assert result.norm.item() == 0.0 and result.coef.item() == 1.0
+    with pytest.raises(ValueError, match="parameters has no gradients"):
+        AGC()([w])
 
 
 def test_state_dict_round_trip():

@@ -325,3 +325,31 @@ def test_decide_never_sees_a_non_finite_norm(fused):
         assert bool(report.skipped) == (step == 2)
     assert all(math.isfinite(v) for v in clipper.seen)
     assert guard.steps_skipped == 1
+
+
+def test_agc_without_bound_parameters_works_in_the_guarded_step():
+    from traintech.clip import AGC
+
+    def run(use_guard):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        agc = AGC(clip_factor=0.01)
+        guard = GuardedStep(opt, agc) if use_guard else None
+        x, y = torch.randn(16, 6), torch.randn(16, 2)
+        coefs = []
+        for _ in range(3):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            if use_guard:
+                coefs.append(float(guard.step().coef))
+            else:
+                coefs.append(float(agc(model.parameters()).coef))
+                opt.step()
+        return model, coefs
+
+    guarded, guarded_coefs = run(True)
+    plain, plain_coefs = run(False)
+    assert guarded_coefs == plain_coefs and min(plain_coefs) < 1.0
+    for a, b in zip(guarded.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,5 +1,7 @@
 """End-to-end test of ``traintech demo --quick`` (run once per module) and of its verdict rules."""
 
+import contextlib
+import io
 import json
 import math
 import statistics
@@ -33,10 +35,13 @@ def _strict(text):
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     threads_before = torch.get_num_threads()
-    status = run_demo(quick=True, out=str(out), threads=1)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = run_demo(quick=True, out=str(out), threads=1)
     results = _strict((out / "results.json").read_text())
     return {
         "status": status,
+        "stdout": stdout.getvalue(),
         "out": out,
         "results": results,
         "threads_restored": torch.get_num_threads() == threads_before,
@@ -47,6 +52,7 @@ def _numbers(demo, name):
     return demo["results"]["experiments"][name]["numbers"]
 
 
+@pytest.mark.slow
 def test_demo_succeeds_and_restores_threads(demo):
     assert demo["status"] == 0
     assert demo["threads_restored"]
@@ -56,6 +62,7 @@ def test_demo_succeeds_and_restores_threads(demo):
     assert meta["experiments"] == ["init", "clip", "norm", "dropout"]
 
 
+@pytest.mark.slow
 def test_he_trains_and_small_init_does_not(demo):
     acc = _numbers(demo, "init")["test_accuracy"]
     assert acc["he"] >= 0.8
@@ -64,6 +71,7 @@ def test_he_trains_and_small_init_does_not(demo):
     assert last["small"] < 1e-10 < 0.1 < last["he"]
 
 
+@pytest.mark.slow
 def test_no_clipping_ends_worse_than_norm_clipping_by_a_nat(demo):
     summary = _numbers(demo, "clip")["summary"]
     none = summary["none"]["val_loss"]
@@ -73,6 +81,7 @@ def test_no_clipping_ends_worse_than_norm_clipping_by_a_nat(demo):
     assert summary["value"]["mean_cosine"] < 0.99
 
 
+@pytest.mark.slow
 def test_batchnorm_collapses_at_batch_two_and_trains_at_high_lr(demo):
     numbers = _numbers(demo, "norm")
     by_bs = numbers["test_accuracy_by_batch_size"]
@@ -82,6 +91,7 @@ def test_batchnorm_collapses_at_batch_two_and_trains_at_high_lr(demo):
     assert by_lr["none"]["0.3"] < 0.3
 
 
+@pytest.mark.slow
 def test_dropout_helps_char_mlp_and_mc_entropy_separates(demo):
     summary = _numbers(demo, "dropout")["summary"]
     val = summary["char_val_loss"]
@@ -91,6 +101,7 @@ def test_dropout_helps_char_mlp_and_mc_entropy_separates(demo):
     assert entropy["ood"] >= 3 * entropy["correct"]
 
 
+@pytest.mark.slow
 def test_verdicts_follow_from_their_checks(demo):
     claims = demo["results"]["claims"]
     assert {c["key"] for c in claims} >= {
@@ -108,6 +119,7 @@ def test_verdicts_follow_from_their_checks(demo):
         assert claim["verdict"] == expected, claim["key"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PNGS)
 def test_plots_are_real_pngs_embedded_in_the_html(demo, name):
     data = (demo["out"] / name).read_bytes()
@@ -119,6 +131,18 @@ def test_plots_are_real_pngs_embedded_in_the_html(demo, name):
     assert f"alt='{name}'" in html
 
 
+@pytest.mark.slow
+def test_terminal_summary_lists_every_claim_with_its_verdict(demo):
+    lines = demo["stdout"].splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("claim "))
+    rows = lines[header + 2 : header + 2 + len(demo["results"]["claims"])]
+    for row, claim in zip(rows, demo["results"]["claims"], strict=True):
+        assert claim["text"][:40] in row
+        assert f"  {claim['verdict']}  " in row
+    assert "report.html" in lines[-1]
+
+
+@pytest.mark.slow
 def test_reports_are_well_formed(demo):
     html = (demo["out"] / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")

@@ -127,3 +127,12 @@ def test_diagnose_of_the_log_matches_summary(data, tmp_path):
     mon.close()
     lines = [json.loads(x) for x in (tmp_path / "monitor.jsonl").read_text().splitlines()]
     assert diagnose(lines[1:], lines[0]["meta"]) == mon.findings()
+
+
+@pytest.mark.parametrize(
+    "zs,reported", [([4.5], False), ([4.5, 5.0, 4.2], True), ([9.0], True)]
+)
+def test_gradient_spikes_alone_need_several_or_a_large_one(zs, reported):
+    records = [{"step": i, "events": [{"step": i, "kind": "grad_spike", "z": z, "value": 1.0}]}
+               for i, z in enumerate(zs)]
+    assert bool([f for f in diagnose(records, {}) if f.rule == "spikes"]) == reported

@@ -355,3 +355,24 @@ def test_float_loss_and_no_optimizer(setup):
     assert rec["loss"] == 0.25 and "update_ratio" not in rec
     mon.log_event("note", detail="hello")
     assert mon.events[-1] == {"step": 0, "kind": "note", "detail": "hello"}
+
+
+def test_with_the_guarded_step_and_a_clipper(setup):
+    from traintech.clip import GuardedStep, NormClip
+
+    model, x, y = setup
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    guarded = GuardedStep(opt, NormClip(0.05))
+    mon = Monitor(model, opt, update_every=1)
+    for t in range(3):
+        opt.zero_grad()
+        loss = ((model(x[t * 32 : (t + 1) * 32]) - y[t * 32 : (t + 1) * 32]) ** 2).mean()
+        loss.backward()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        report = guarded.step()
+        rec = mon.step(loss=loss, clip=report.clip)
+        assert rec["clip"]["threshold"] == pytest.approx(0.05)
+        assert rec["clip"]["coef"] == pytest.approx(0.05 / (report.norm.item() + 1e-6), rel=1e-5)
+        ref = {n: f64_norm(p.detach() - before[n]) / f64_norm(before[n])
+               for n, p in model.named_parameters()}
+        assert rec["update_ratio"] == pytest.approx(ref, rel=1e-4)

@@ -106,3 +106,23 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     # The page is not blank: the plots put many distinct colours on screen.
     colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3).tolist()}
     assert len(colours) > 50
+
+
+def test_a_resumed_run_appends_to_the_same_log(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    x, y = regression_data(256, 6, gen)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    first = Monitor(model, opt, tmp_path)
+    train(model, opt, first, x, y, 5)
+    state = first.state_dict()
+    first.close()
+    second = Monitor(model, opt, tmp_path)
+    second.load_state_dict(state)
+    train(model, opt, second, x, y, 5, start=5)
+    second.close()
+    meta, records = read_log(tmp_path)
+    assert [r["step"] for r in records] == list(range(10))
+    assert records == list(second.history)
+    csv_rows = (tmp_path / "monitor.csv").read_text().splitlines()
+    assert len(csv_rows) == 11 and csv_rows[0].startswith("step,")  # one header

@@ -32,6 +32,11 @@ def _reduce_dtype(x: Tensor) -> torch.dtype | None:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
 
 
+def _untouched(coef: Tensor) -> bool:
+    """On CPU (where reading a value is free), whether every coefficient is exactly 1."""
+    return coef.device.type == "cpu" and bool((coef == 1).all())
+
+
 def adaptive_clip_grad_(
     weights: list[Tensor], grads: list[Tensor], clip_factor: float, eps: float
 ) -> tuple[Tensor, Tensor]:
@@ -41,7 +46,8 @@ def adaptive_clip_grad_(
     (0-dim float32 tensors on the first gradient's device, float64 if a gradient is float64).
     Vectorised: 0-/1-D tensors in one ``torch._foreach_norm`` / ``torch._foreach_mul_`` group,
     each higher-dimensional tensor with one norm over dims 1.. per operand; no loop per unit.
-    fp16/bf16 norms are accumulated in float32. DTensor (FSDP2) gradients use the global unit
+    fp16/bf16 norms are accumulated in float32. On CPU a tensor none of whose units is clipped
+    is not rewritten. DTensor (FSDP2) gradients use the global unit
     norms of :mod:`traintech.clip._agc_sharded`.
     """
     if any_dtensor(grads):
@@ -66,7 +72,8 @@ def adaptive_clip_grad_(
         max_norm = max_norm.clamp_(min=eps).mul_(clip_factor)
         ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
-        torch._foreach_mul_(g_list, list(coef.unbind()))
+        if not _untouched(coef):
+            torch._foreach_mul_(g_list, list(coef.unbind()))
         norms.append(g_norm.to(device, acc))
         coefs.append(coef.to(device, acc))
     for i in others:
@@ -76,7 +83,8 @@ def adaptive_clip_grad_(
         max_norm = _unit_norms(weights[i], dtype).clamp_(min=eps).mul_(clip_factor)
         ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
-        g.mul_(coef.to(g.dtype) if dtype is not None else coef)
+        if not _untouched(coef):
+            g.mul_(coef.to(g.dtype) if dtype is not None else coef)
         norms.append(g_norm.reshape(-1).to(device, acc))
         coefs.append(coef.reshape(-1).to(device, acc))
     unit_norm = torch.cat(norms)
@@ -168,6 +176,19 @@ class AGC(Clipper):
         """``AGC(clip_factor=..., eps=..., exclude=...)``."""
         return f"AGC(clip_factor={self.clip_factor!r}, eps={self.eps!r}, exclude={self.exclude!r})"
 
+    @property
+    def is_bound(self) -> bool:
+        """Whether parameters are bound, so :meth:`decide`/:meth:`apply` work (guarded step)."""
+        return self._bound is not None
+
+    def bind(self, parameters: NamedParamsLike) -> None:
+        """Bind the parameters whose weights the rule reads inside a guarded step.
+
+        :class:`~traintech.clip.GuardedStep` calls this with its optimizer's parameters when
+        the AGC it is given has none bound (``exclude`` then needs names: bind the module).
+        """
+        self._bound = list(self._items(parameters))
+
     def _items(self, parameters: NamedParamsLike) -> Iterator[tuple[Tensor, bool]]:
         """Yield ``(parameter, excluded)`` for each parameter."""
         if isinstance(parameters, nn.Module):
@@ -194,8 +215,19 @@ class AGC(Clipper):
 
     @torch.no_grad()
     def __call__(self, parameters: NamedParamsLike) -> ClipResult:
-        """Clip each unit's gradient in place; return the total norms' summary."""
+        """Clip each unit's gradient in place; return the total norms' summary.
+
+        Raises:
+            ValueError: if no parameter has a gradient (as every clipper), or ``exclude`` is
+                set and the parameters carry no names.
+            TypeError: if an element of ``parameters`` is not a tensor or (name, tensor) pair.
+        """
         items = [(p, excluded) for p, excluded in self._items(parameters) if p.grad is not None]
+        if not items:
+            raise ValueError(
+                "parameters has no gradients: AGC needs at least one tensor with a .grad (call "
+                "it after loss.backward(), with the model or model.named_parameters())"
+            )
         return self._clip(items)
 
     def _clip(self, items: list[tuple[Tensor, bool]]) -> ClipResult:

@@ -134,6 +134,9 @@ class GuardedStep:
             )
         self.optimizer = optimizer
         self.clipper = clipper
+        if clipper is not None and getattr(clipper, "needs_parameters", False):
+            if not getattr(clipper, "is_bound", True):  # e.g. AGC(): read the optimizer's weights
+                clipper.bind([p for g in optimizer.param_groups for p in g["params"]])  # type: ignore[attr-defined]
         self.scaler = scaler
         self.max_norm_skip = (
             None if max_norm_skip is None else check_nonneg("max_norm_skip", max_norm_skip)
@@ -244,6 +247,9 @@ class GuardedStep:
             skip = skip or bool(result.skip)
             if not skip:
                 self.clipper.apply(grads, result)
+                applied = getattr(self.clipper, "last_result", None)
+                if getattr(self.clipper, "needs_parameters", False) and applied is not None:
+                    result, coef = applied, applied.coef  # unit-wise rules report after apply
         if not skip:
             if scaler is not None:
                 scaler.step(self.optimizer)

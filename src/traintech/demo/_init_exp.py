@@ -265,8 +265,8 @@ def _claims(
     train = Claim(
         key="init.train",
         experiment="init",
-        text=f"A {cfg.train_depth}-layer ReLU MLP trains from He/LSUV init and does not from "
-        "Xavier or small-Gaussian init",
+        text=f"A {cfg.train_depth}-layer ReLU MLP trains from He{'/LSUV' if 'lsuv' in acc else ''} "
+        "init and does not from Xavier or small-Gaussian init",
         checks=checks,
         note=f"SGD (momentum 0.9, lr {cfg.lr}), {cfg.steps} steps of {cfg.batch_size}; "
         "chance is 0.10.",

@@ -74,7 +74,9 @@ def plot_init(result: ExperimentResult, out: Path) -> dict[str, str]:
 
     acc = n["test_accuracy"]
     tanh = n["tanh"]
-    names = [LABELS[s].split(" (")[0] + "\nReLU" for s in acc]
+    short = {"he": "He", "xavier": "Xavier", "lecun": "LeCun", "orthogonal": "orth.",
+             "lsuv": "LSUV", "auto": "auto", "small": "N(0,.01)"}  # fmt: skip
+    names = [f"{short[s]}\nReLU" for s in acc]
     values = list(acc.values())
     names += ["Xavier\ntanh", "He\ntanh"]
     values += [tanh["xavier_accuracy"], tanh["he_accuracy"]]
@@ -84,12 +86,12 @@ def plot_init(result: ExperimentResult, out: Path) -> dict[str, str]:
         ax2.text(
             bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.2f}", ha="center", fontsize=8
         )
-    ax2.axhline(0.1, color="k", ls=":", lw=1, label="chance (0.10)")
+    ax2.axhline(0.1, color="k", ls=":", lw=1)
+    ax2.text(len(values) - 0.5, 0.115, "chance", ha="right", fontsize=8)
     ax2.set_xticks(range(len(values)), names, fontsize=8)
     ax2.set_ylim(0, 1.08)
     ax2.set_ylabel("test accuracy")
-    ax2.set_title(f"After training a {result.settings['train_depth']}-layer MLP")
-    ax2.legend(fontsize=8, loc="center right")
+    ax2.set_title(f"Test accuracy after training {result.settings['train_depth']}-layer MLPs")
     claims = [_claim(result, k) for k in ("init.depth", "init.train", "init.tanh")]
     name = _save(fig, out, "init_activation_std.png", claims)
     return {name: " ".join(caption(c) for c in claims)}
@@ -192,7 +194,9 @@ def plot_dropout(result: ExperimentResult, out: Path) -> dict[str, str]:
             ax.plot(curves["step"], curves["train"], "--", color=color, label=f"{label}: train")
             ax.plot(curves["step"], curves["val"], "-", color=color, label=f"{label}: validation")
         ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy (nats)")
+        ax.set_ylabel("cross-entropy (nats)" + (", log scale" if part == "digits" else ""))
+        if part == "digits":
+            ax.set_yscale("log")
         ax.set_title(f"{title} (seed {seed})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -21,6 +21,9 @@ DEAD_FRACTION = 0.5
 #: Band of the median update-to-weight ratio outside of which the learning rate is suspect.
 UPDATE_RATIO_HIGH = 3e-2
 UPDATE_RATIO_LOW = 1e-5
+#: Gradient-norm spikes without a loss spike are reported from this many on, or one this large.
+GRAD_SPIKES_MIN = 3
+GRAD_SPIKE_Z_ALONE = 8.0
 #: Fraction of steps clipped above which the clipping threshold is called too low.
 CLIPPED_FRACTION = 0.5
 
@@ -227,6 +230,9 @@ def _spikes(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding
         return []
     loss = [e for e in events if e["kind"] == "loss_spike"]
     grad = [e for e in events if e["kind"] == "grad_spike"]
+    grad_zmax = max((e["z"] for e in grad if e.get("z") is not None), default=0.0)
+    if not loss and len(grad) < GRAD_SPIKES_MIN and grad_zmax < GRAD_SPIKE_Z_ALONE:
+        return []  # a lone, moderate gradient-norm spike is within heavy-tailed noise
     shown = sorted({e["step"] for e in events})
     steps_txt = ", ".join(str(s) for s in shown[:8]) + ("..." if len(shown) > 8 else "")
     zmax = max((e["z"] for e in events if e.get("z") is not None), default=math.nan)

@@ -20,6 +20,13 @@ from torch.utils.hooks import RemovableHandle
 RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU)
 
 
+#: Leaf modules whose output says nothing new about the activations (skipped by the probe).
+PASS_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.Flatten, nn.Unflatten,
+)
+
+
 def _tensors(obj: Any) -> Iterator[Tensor]:
     """The tensors in a module output: a tensor, or tuples/lists/dicts of them (nested)."""
     if isinstance(obj, Tensor):
@@ -193,7 +200,8 @@ class NonFiniteTracer:
             self.flags.append(torch.stack(sums).sum() if len(sums) > 1 else sums[0])
 
     def _post(self, label: str, module: nn.Module, args: Any, output: Any) -> None:
-        outs = [t for t in _tensors(output) if t.is_floating_point()]
+        # A container returning its last child's tensor adds nothing: that one is checked.
+        outs = [t for t in _tensors(output) if t.is_floating_point() and not self._is_produced(t)]
         if not outs:
             return
         sums = [_probe_sum(t) for t in outs]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from traintech.clip._protocol import ClipResult
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
-from traintech.monitor._hooks import ActivationProbe, NonFiniteTracer
+from traintech.monitor._hooks import PASS_THROUGH, ActivationProbe, NonFiniteTracer
 from traintech.monitor._runlog import RunLog
 from traintech.monitor._spikes import SpikeDetector
 from traintech.monitor._updates import UpdateTracker, foreach_norms
@@ -151,7 +151,10 @@ class Monitor:
         self.events: deque[dict[str, Any]] = deque(maxlen=history)
 
         self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        leaves = [(n or "<model>", m) for n, m in model.named_modules() if not any(m.children())]
+        leaves = [
+            (n or "<model>", m) for n, m in model.named_modules()
+            if not any(m.children()) and not isinstance(m, PASS_THROUGH)
+        ]
         self.meta: dict[str, Any] = {
             "version": self._version,
             "model": type(model).__name__,
@@ -266,7 +269,6 @@ class Monitor:
             pieces.append(trace.to(device))
         flat = torch.cat(pieces).cpu().tolist() if pieces else []
 
-        pos = 0
         gnorms = flat[: len(with_grad)]
         pos = len(with_grad)
         record: dict[str, Any] = {"step": t}

@@ -178,11 +178,11 @@ def _plot_activations(records: list[dict[str, Any]]) -> str | None:
     axes = fig.subplots(3, 1, sharex=True)
     for key, ax, label in zip(("mean", "std", "dead"), axes,
                               ("mean", "standard deviation", "dead-unit fraction"), strict=True):
-        for name in names:
+        for i, name in enumerate(names):
             pts = [(r["step"], s[key]) for r in rows
                    if (s := r["activations"].get(name)) and s.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker=".", lw=1, label=name)
+            if pts:  # one colour per module across the three panels
+                ax.plot(*zip(*pts, strict=True), marker=".", lw=1, label=name, color=f"C{i % 10}")
         ax.set_ylabel(label, fontsize=8)
     if len(names) <= 16:
         axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))

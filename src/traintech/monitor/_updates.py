@@ -43,7 +43,7 @@ class UpdateTracker:
             if id(p) in by_id
         ]
         self._sampled = sampled
-        self._before: list[Tensor] | None = None
+        self._before: tuple[list[Tensor], Tensor] | None = None
         self._result: Tensor | None = None
         self._handles: list[RemovableHandle] = [
             optimizer.register_step_pre_hook(self._pre),
@@ -60,16 +60,17 @@ class UpdateTracker:
         if not self.params or not self._sampled():
             return
         with torch.no_grad():
-            self._before = list(torch._foreach_mul([p.detach() for _, p in self.params], 1.0))
+            params = [p.detach() for _, p in self.params]
+            self._before = (list(torch._foreach_mul(params, 1.0)), foreach_norms(params))
 
     def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._before is None:
             return
-        before, self._before = self._before, None
+        (copy, weight_norms), self._before = self._before, None
         with torch.no_grad():
-            diff = torch._foreach_sub([p.detach() for _, p in self.params], before)
-            upd = foreach_norms(list(diff))
-            self._result = torch.cat([upd, foreach_norms(before).to(upd.device)])
+            torch._foreach_sub_(copy, [p.detach() for _, p in self.params])  # w_{t-1} - w_t
+            upd = foreach_norms(copy)
+            self._result = torch.cat([upd, weight_norms.to(upd.device)])
 
     def take(self) -> Tensor | None:
         """The ``[update norms..., weight norms...]`` of the last sampled step, then forget it."""
