@@ -72,6 +72,10 @@ def main() -> None:
             f"steps taken {guard.steps_taken}, skipped {guard.steps_skipped}; "
             f"replicas identical: {same}"
         )
+    # Release DDP (its reducer holds the process group) before destroying the group: with gloo,
+    # destroying the group under a live DDP can abort at interpreter exit.
+    del ddp, guard, optimizer
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -40,6 +40,7 @@ METHODS = [
     "AGC",
     "guarded_ZClip",
     "guarded_fused_NormClip",
+    "guarded_AGC",
 ]
 
 
@@ -65,8 +66,9 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (y * 20 if step == 5 else y)
 
 
-def _clipper(method: str) -> Any:
+def _clipper(method: str, model: nn.Module) -> Any:
     return {
+        "guarded_AGC": lambda: AGC(clip_factor=0.05, parameters=model),
         "NormClip": lambda: NormClip(0.5),
         "ValueClip": lambda: ValueClip(0.05),
         "EMAClip": lambda: EMAClip(factor=1.5, beta=0.9, warmup_steps=2),
@@ -127,7 +129,7 @@ def train(
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5, fused=True)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    clipper = _clipper(method)
+    clipper = _clipper(method, model)
     guard = GuardedStep(opt, clipper) if method.startswith("guarded") else None
     per_rank = GLOBAL_BATCH // world_size
     # data parallel: this rank's slice of the batch; tensor parallel: every rank the whole batch
@@ -144,7 +146,8 @@ def train(
             report = guard.step()
             norms.append(report.norm.clone())
             skipped.append(bool(report.skipped))
-            clipped.append(bool(report.coef < 1))
+            summary = getattr(clipper, "last_result", None) or report
+            clipped.append(bool(summary.coef < 1))
             fused.append(report.fused)
             continue
         if method == "clip_grad_norm_":

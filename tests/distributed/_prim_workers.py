@@ -95,4 +95,25 @@ def primitives(rank: int, world_size: int) -> dict[str, Any]:
     out["mesh2_calls"] = calls2
     out["mesh2_expected"] = full.double().pow(2).sum()
     out["mesh2_unit_key_lengths"] = [len(D.reduce_key(t, reduced_dims=[1])) for t in tensors]
+    out["errors"] = _clip_errors(model, mesh)
     return out
+
+
+def _clip_errors(model: nn.Module, mesh: Any) -> dict[str, str]:
+    """What traintech.clip says for what it cannot do on sharded gradients."""
+    from traintech.clip import clip_grad_norm_
+
+    errors = {}
+    try:
+        clip_grad_norm_(model.parameters(), 1.0, norm_type=0.0)
+        errors["norm_type_0"] = "no error"
+    except ValueError as error:
+        errors["norm_type_0"] = str(error)
+    param = nn.Parameter(DTensor.from_local(torch.zeros(2), mesh, [Partial()]))
+    param.grad = DTensor.from_local(torch.ones(2), mesh, [Partial()])
+    try:
+        clip_grad_norm_([param], 1.0)
+        errors["partial"] = "no error"
+    except ValueError as error:
+        errors["partial"] = str(error)
+    return errors

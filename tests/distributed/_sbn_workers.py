@@ -110,11 +110,27 @@ def suite(
     scenarios: list[dict[str, Any]],
     ddp: dict[str, int] | None = None,
     one_value: bool = False,
+    subgroup: list[int] | None = None,
 ) -> dict[str, Any]:
     """Everything one launch checks (a process launch costs seconds; the checks, milliseconds)."""
     out: dict[str, Any] = {"scenarios": sync_bn(rank, world_size, scenarios)}
+    if subgroup is not None:
+        out["subgroup"] = subgroup_bn(rank, subgroup)
     if ddp is not None:
         out["ddp"] = ddp_convert(rank, world_size, **ddp)
     if one_value:
         out["one_value"] = one_value_per_channel(rank, world_size)
     return out
+
+
+def subgroup_bn(rank: int, members: list[int]) -> dict[str, torch.Tensor] | None:
+    """SyncBatchNorm over a subgroup: ranks outside it must not take part in the statistics."""
+    group = dist.new_group(members)  # every rank calls new_group
+    g = torch.Generator().manual_seed(7)
+    full = torch.randn(3 * len(members), 2, 5, generator=g)
+    if rank not in members:
+        return None
+    position = members.index(rank)
+    x = full[3 * position : 3 * (position + 1)]
+    bn = SyncBatchNorm(2, process_group=group)
+    return {"full": full, "y": bn(x).detach(), "running_var": bn.running_var.clone()}

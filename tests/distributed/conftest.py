@@ -77,13 +77,15 @@ def launch(
     deadline = time.monotonic() + timeout
     timed_out = False
     try:
-        for proc in procs:
-            remaining = deadline - time.monotonic()
-            try:
-                proc.wait(timeout=max(remaining, 0.01))
-            except subprocess.TimeoutExpired:
+        # Poll: when one rank fails, the others would wait in a collective until the timeout,
+        # so stop them at once.
+        while any(p.poll() is None for p in procs):
+            if any(p.returncode not in (None, 0) for p in procs):
+                break
+            if time.monotonic() > deadline:
                 timed_out = True
                 break
+            time.sleep(0.02)
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -63,3 +63,9 @@ def test_two_dimensional_mesh(ranks: list[dict[str, Any]]) -> None:
         assert r["mesh2_calls"] == 2  # one per distinct process group (dp, tp)
         # per-row partials (reduce dim 1): only mesh dims sharding dim 1 need a reduction
         assert r["mesh2_unit_key_lengths"] == [0, 2, 0, 1]
+
+
+def test_clip_refuses_what_has_no_sharded_form(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        assert "norm_type must be > 0 for sharded" in r["errors"]["norm_type_0"]
+        assert "Partial placement" in r["errors"]["partial"]

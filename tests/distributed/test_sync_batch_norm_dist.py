@@ -68,8 +68,13 @@ def two_rank_results(two_ranks: list[dict[str, Any]]) -> list[list[dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def three_rank_results(run_ranks: Any) -> list[list[dict[str, Any]]]:
-    return [r["scenarios"] for r in run_ranks("_sbn_workers:suite", 3, scenarios=THREE_RANKS)]
+def three_ranks(run_ranks: Any) -> list[dict[str, Any]]:
+    return run_ranks("_sbn_workers:suite", 3, scenarios=THREE_RANKS, subgroup=[0, 2])
+
+
+@pytest.fixture(scope="module")
+def three_rank_results(three_ranks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [r["scenarios"] for r in three_ranks]
 
 
 def _reference(sc: dict[str, Any], res0: dict[str, Any]) -> dict[str, Any]:
@@ -179,3 +184,15 @@ def test_one_value_per_channel_in_total_raises_on_every_rank(
 ) -> None:
     messages = [r["one_value"] for r in two_ranks]
     assert all("more than 1 value per channel" in m for m in messages), messages
+
+
+def test_process_group_limits_the_reduction_to_its_ranks(three_ranks: list[dict[str, Any]]) -> None:
+    """Ranks 0 and 2 in a group: their statistics are those of their two slices only."""
+    assert three_ranks[1]["subgroup"] is None
+    r0, r2 = three_ranks[0]["subgroup"], three_ranks[2]["subgroup"]
+    reference = nn.BatchNorm1d(2)
+    expected = reference(r0["full"])
+    actual = torch.cat([r0["y"], r2["y"]])
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    for r in (r0, r2):
+        torch.testing.assert_close(r["running_var"], reference.running_var, rtol=1e-5, atol=1e-6)
