@@ -11,6 +11,7 @@ from traintech.norm._group_norm import group_norm
 from traintech.norm._instance_norm import instance_norm
 from traintech.norm._layer_norm import channel_layer_norm, layer_norm
 from traintech.norm._rms_norm import rms_norm
+from traintech.norm._sync_batch_norm import sync_batch_norm
 
 __all__ = [
     "batch_norm",
@@ -23,4 +24,5 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "rms_norm",
+    "sync_batch_norm",
 ]
