@@ -790,3 +790,18 @@ def test_cli(argv: list[str]) -> None:
     else:
         for cmd in ("demo", "report", "version"):
             assert cmd in out.stdout
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"],
+)
+def test_dropout_functional_torch_defaults(name: str) -> None:
+    import inspect
+
+    ours = inspect.signature(getattr(tdrop.functional, name)).parameters
+    theirs = inspect.signature(getattr(nn.functional, name)).parameters
+    for arg, param in theirs.items():
+        assert arg in ours
+        assert ours[arg].default == param.default, (name, arg)
+    assert "generator" in ours
