@@ -34,7 +34,7 @@ def _model(seed: int = 0) -> nn.Module:
 def _with_grads(model: nn.Module, scale: float = 1.0, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=g) * scale
+        p.grad = (torch.randn(p.shape, generator=g) * scale).to(p.dtype)
     return model
 
 
@@ -805,3 +805,174 @@ def test_dropout_functional_torch_defaults(name: str) -> None:
         assert arg in ours
         assert ours[arg].default == param.default, (name, arg)
     assert "generator" in ours
+
+
+def test_quantile_clip_numpy_reference() -> None:
+    np = pytest.importorskip("numpy")
+    gen = torch.Generator().manual_seed(0)
+    norms = (torch.rand(40, generator=gen, dtype=torch.float64) * 3 + 0.5).tolist()
+    norms[20] = 50.0
+    for window in (1000, 7):
+        clipper = tclip.QuantileClip(quantile=0.9, window=window)
+        history: list[float] = []
+        for step, n in enumerate(norms):
+            p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+            p.grad = torch.tensor([n], dtype=torch.float64)
+            result = clipper([p])
+            # threshold from the norms before this step (as the autoclip package; step 0 unclipped)
+            thr = np.quantile(history[-window:], 0.9) if history else math.inf
+            expected = min(1.0, thr / (n + 1e-6))
+            assert result.coef.item() == pytest.approx(expected, rel=1e-6), (window, step)
+            history.append(n)
+
+
+def _timm_agc_reference(params: list[torch.Tensor], clip_factor: float, eps: float) -> None:
+    def unitwise(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim <= 1:
+            return x.norm(2.0)
+        return x.norm(2.0, dim=tuple(range(1, x.ndim)), keepdim=True)
+
+    for p in params:
+        g = p.grad.detach()  # type: ignore[union-attr]
+        max_norm = unitwise(p.detach()).clamp_(min=eps).mul_(clip_factor)
+        gn = unitwise(g)
+        clipped = g * (max_norm / gn.clamp(min=1e-6))
+        g.copy_(torch.where(gn < max_norm, g, clipped))
+
+
+@pytest.mark.parametrize(("clip_factor", "eps"), [(0.01, 1e-3), (0.1, 1e-2)])
+def test_agc_matches_timm_formula(clip_factor: float, eps: float) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    ours = _with_grads(model, scale=0.05)
+    ref_model = _with_grads(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
+    ref_model.load_state_dict(model.state_dict())
+    for p, q in zip(ref_model.parameters(), ours.parameters(), strict=True):
+        p.grad = q.grad.clone()  # type: ignore[union-attr]
+    with torch.no_grad():
+        ref_model[0].bias.zero_()  # a zero-weight unit: eps bound
+        ours[0].bias.zero_()
+    tclip.AGC(clip_factor=clip_factor, eps=eps)(ours.parameters())
+    _timm_agc_reference(list(ref_model.parameters()), clip_factor, eps)
+    for a, b in zip(_grads(ours), _grads(ref_model), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "zscore", "clip_option": "mean"},
+        {"mode": "percentile", "max_grad_norm": 2.0},
+        {"mode": "zscore", "skip_update_on_spike": True},
+        {"alpha": 0.9, "z_thresh": 1.5, "warmup_steps": 5, "clip_factor": 0.5},
+    ],
+)
+def test_zclip_modes_match_package(kwargs: dict) -> None:
+    zclip = pytest.importorskip("zclip")
+    full = {"max_grad_norm": None, **kwargs}
+    ours, theirs = tclip.ZClip(**full), zclip.ZClip(**full)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(60):
+        s = 1.0 + 0.2 * torch.rand((), generator=gen).item() + 20.0 * (step in (30, 31, 45))
+        m1 = _with_grads(_model(), scale=s, seed=step)
+        m2 = _with_grads(_model(), scale=s, seed=step)
+        ours(m1.parameters())
+        theirs.step(m2)
+        for a, b in zip(_grads(m1), _grads(m2), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("clipper", _clippers(), ids=lambda c: type(c).__name__)
+def test_clippers_low_precision(clipper: tclip.Clipper, dtype: torch.dtype) -> None:
+    model = _model().to(dtype)
+    for step in range(5):
+        _with_grads(model, seed=step)
+        before = _grads(model)
+        result = clipper(model.parameters())
+        ref = torch.cat([g.double().flatten() for g in before]).norm()
+        assert result.norm.item() == pytest.approx(ref.item(), rel=1e-2)
+        for p in model.parameters():
+            assert p.grad.dtype == dtype and p.grad.isfinite().all()  # type: ignore[union-attr]
+
+
+_LIN = nn.Linear(4, 3)
+_MC_NET = _MCNet().eval()
+
+
+def _rng_untouched(fn) -> None:  # type: ignore[no-untyped-def]
+    state = torch.get_rng_state()
+    a = fn(torch.Generator().manual_seed(11))
+    assert torch.equal(torch.get_rng_state(), state)
+    b = fn(torch.Generator().manual_seed(11))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: tdrop.DropPath(0.5, generator=g)(torch.ones(8, 3)),
+        lambda g: tdrop.DropBlock2d(0.3, 3, generator=g)(torch.ones(2, 2, 8, 8)),
+        lambda g: tdrop.DropConnect(_LIN, 0.5, generator=g)(torch.ones(2, 4)),
+        lambda g: tdrop.FeatureAlphaDropout(0.3, generator=g)(torch.ones(2, 3, 4)),
+        lambda g: tdrop.functional.dropout(torch.ones(50), 0.5, generator=g),
+        lambda g: tdrop.functional.dropout2d(torch.ones(2, 5, 3, 3), 0.5, generator=g),
+        lambda g: tdrop.functional.alpha_dropout(torch.ones(50), 0.5, True, generator=g),
+        lambda g: tdrop.functional.drop_path(torch.ones(8, 3), 0.5, True, generator=g),
+        lambda g: tdrop.functional.drop_block2d(torch.ones(2, 2, 8, 8), 0.3, 3, True, generator=g),
+        lambda g: tdrop.Dropout(0.5, generator=g, low_memory=True)(torch.ones(50)),
+        lambda g: tdrop.mc_predict(_MC_NET, torch.ones(3, 5), 4, g).mean,
+        lambda g: tinit.lecun_normal_(torch.empty(4, 4), generator=g),
+        lambda g: tinit.variance_scaling_(torch.empty(4, 4), generator=g),
+    ],
+)
+def test_generator_leaves_global_rng(make) -> None:  # type: ignore[no-untyped-def]
+    _rng_untouched(make)
+
+
+def test_init_model_and_lsuv_generator_reproducible() -> None:
+    outs = []
+    for _ in range(2):
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        state = torch.get_rng_state()
+        tinit.lsuv_(
+            model,
+            torch.randn(16, 6, generator=torch.Generator().manual_seed(0)),
+            generator=torch.Generator().manual_seed(4),
+        )
+        assert torch.equal(torch.get_rng_state(), state)
+        outs.append(model[0].weight.detach().clone())
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_monitor_bad_input(tmp_path: Path) -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="every"):
+        Monitor(model, every=0)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises((ValueError, OSError)):
+        Monitor(model, log_dir=blocker / "sub")
+
+
+def test_cli_report(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(model, opt, tmp_path)
+    for _ in range(4):
+        loss = model(torch.randn(4, 6)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss)
+    mon.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "traintech", "report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "report.html").stat().st_size > 1000
