@@ -976,3 +976,37 @@ def test_cli_report(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "report.html").stat().st_size > 1000
+
+
+def test_state_dicts_survive_torch_save_weights_only(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    objs: dict[str, object] = {c.__class__.__name__ + str(i): c for i, c in enumerate(_clippers())}
+    for step in range(30):
+        for c in objs.values():
+            c(_with_grads(model, seed=step).parameters())  # type: ignore[operator]
+    objs["Monitor"] = Monitor(model, opt)
+    objs["DropoutScheduler"] = tdrop.DropoutScheduler(model, 10)
+    objs["GuardedStep"] = tclip.GuardedStep(opt, tclip.ZClip())
+    for name, obj in objs.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj.state_dict(), path)  # type: ignore[attr-defined]
+        obj.load_state_dict(torch.load(path, weights_only=True))  # type: ignore[attr-defined]
+    objs["Monitor"].close()  # type: ignore[attr-defined]
+
+
+def test_per_module_clipping() -> None:
+    model = _with_grads(_model(), scale=5.0)
+    norms = tclip.clip_grad_norm_per_layer_(model.named_parameters(), 1.0, by="module")
+    assert set(norms) == {"0", "2"}
+    for prefix in ("0", "2"):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix + ".")]
+        total = torch.cat([g.double().flatten() for g in grads]).norm()  # type: ignore[union-attr]
+        assert total.item() <= 1.0 + 1e-5
+
+
+def test_dropconnect_keeps_wrapped_keys() -> None:
+    plain = nn.Sequential(nn.Linear(4, 3))
+    wrapped = nn.Sequential(tdrop.DropConnect(nn.Linear(4, 3), 0.3))
+    assert list(wrapped.state_dict()) == list(plain.state_dict())
+    wrapped.load_state_dict(plain.state_dict(), strict=True)
