@@ -1010,3 +1010,48 @@ def test_dropconnect_keeps_wrapped_keys() -> None:
     wrapped = nn.Sequential(tdrop.DropConnect(nn.Linear(4, 3), 0.3))
     assert list(wrapped.state_dict()) == list(plain.state_dict())
     wrapped.load_state_dict(plain.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize(("factor", "beta", "warmup"), [(2.0, 0.98, 25), (1.5, 0.9, 3)])
+def test_ema_clip_documented_rule(factor: float, beta: float, warmup: int) -> None:
+    gen = torch.Generator().manual_seed(5)
+    norms = (torch.rand(60, generator=gen, dtype=torch.float64) + 1).tolist()
+    norms[40] = 30.0
+    clipper = tclip.EMAClip(factor=factor, beta=beta, warmup_steps=warmup)
+    m, n = 0.0, 0
+    for step, g in enumerate(norms):
+        p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        result = clipper([p])
+        tau = math.inf if n < warmup else factor * m / (1 - beta**n)
+        assert result.coef.item() == pytest.approx(min(1.0, tau / (g + 1e-6)), rel=1e-6), step
+        m = beta * m + (1 - beta) * min(g, tau)
+        n += 1
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_guarded_step_skips_nonfinite(fused: bool) -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
+    clipper = tclip.ZClip(warmup_steps=2)
+    guard = tclip.GuardedStep(opt, clipper)
+    for step in range(4):
+        _with_grads(model, seed=step)
+        guard.step()
+    params = [p.detach().clone() for p in model.parameters()]
+    opt_state = {k: {n: t.clone() for n, t in v.items()} for k, v in opt.state.items()}
+    clip_state = clipper.state_dict()
+    _with_grads(model, seed=9)
+    next(model.parameters()).grad[0, 0] = float("nan")  # type: ignore[index]
+    report = guard.step()
+    assert bool(report.skipped)
+    assert guard.steps_skipped == 1 and guard.consecutive_skips == 1 and guard.steps_taken == 4
+    for a, b in zip(params, model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for k, v in opt.state.items():
+        for n, t in v.items():
+            assert torch.equal(t, opt_state[k][n])
+    assert _sd_equal(clip_state, clipper.state_dict())
+    _with_grads(model, seed=10)
+    guard.step()
+    assert guard.consecutive_skips == 0 and guard.steps_taken == 5
