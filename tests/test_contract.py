@@ -175,6 +175,9 @@ def test_clipper_protocol(clipper: tclip.Clipper) -> None:
         assert isinstance(result.coef, torch.Tensor) and result.coef.shape == ()
         ref_norm = torch.cat([g.double().flatten() for g in before]).norm()
         assert result.norm.item() == pytest.approx(ref_norm.item(), rel=1e-5)
+        after = torch.cat([p.grad.double().flatten() for p in model.parameters()]).norm()  # type: ignore[union-attr]
+        # coef: 1.0 = untouched; for every clipper it is the norm ratio after / before
+        assert result.coef.item() == pytest.approx((after / ref_norm).item(), rel=1e-5)
         if not isinstance(clipper, (tclip.ValueClip, tclip.AGC)):
             for b, p in zip(before, model.parameters(), strict=False):
                 torch.testing.assert_close(
