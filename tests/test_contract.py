@@ -750,6 +750,8 @@ def test_mc_predict_contract() -> None:
     assert res.predictive_entropy is not None
     assert res.predictive_entropy.shape == (7,)
     assert (res.std > 0).all()
+    mean, spread, entropy = res  # "returning mean, spread and predictive entropy"
+    assert mean is res.mean and spread is res.std and entropy is res.predictive_entropy
     assert not model.training and not model.drop.training
     assert _sd_equal(bn_before, model.bn.state_dict())
     # one call by name

@@ -220,3 +220,10 @@ def test_auto_no_class_dim_gives_no_entropy(seed) -> None:
     assert res.mean.shape == (4,) and res.predictive_entropy is None
     single = nn.Sequential(nn.Linear(6, 1), nn.Dropout(0.5))
     assert D.mc_predict(single, torch.randn(4, 6, generator=seed), 5, seed).entropy is None
+
+
+def test_result_unpacks_as_mean_spread_entropy(seed) -> None:
+    res = D.mc_predict(_model(), torch.randn(3, 6, generator=seed), 6, seed)
+    mean, spread, entropy = res
+    assert mean is res.mean and spread is res.std and spread is res.spread
+    assert entropy is res.predictive_entropy and entropy is not None

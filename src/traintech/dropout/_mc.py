@@ -33,6 +33,9 @@ class MCResult:
         mutual_information: ``predictive_entropy - expected_entropy`` (epistemic, BALD),
             clamped at 0; ``None`` as above.
         samples: the ``(n_samples, *output)`` predictions if ``return_samples=True``.
+
+    It unpacks as the triple ``mean, std, predictive_entropy``; ``spread`` and ``entropy`` are
+    aliases of ``std`` and ``predictive_entropy``.
     """
 
     mean: Tensor
@@ -46,6 +49,15 @@ class MCResult:
     def entropy(self) -> Tensor | None:
         """Same as :attr:`predictive_entropy` (the total uncertainty)."""
         return self.predictive_entropy
+
+    @property
+    def spread(self) -> Tensor:
+        """Same as :attr:`std` (the spread of the samples)."""
+        return self.std
+
+    def __iter__(self) -> Iterator[Tensor | None]:
+        """Unpack as ``mean, std, predictive_entropy = mc_predict(...)``."""
+        return iter((self.mean, self.std, self.predictive_entropy))
 
 
 @contextlib.contextmanager
