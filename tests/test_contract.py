@@ -289,7 +289,7 @@ def test_nonfinite_never_enters_clipper_state() -> None:
 def test_clip_under_compile() -> None:
     model = _with_grads(_model())
     params = list(model.parameters())
-    fn = torch.compile(tclip.clip_grad_norm_, backend="eager")
+    fn = torch.compile(tclip.clip_grad_norm_, backend="aot_eager", fullgraph=True)
     before = _grads(model)
     total = fn(params, 0.5)
     ref = torch.cat([g.flatten() for g in before]).norm()
@@ -722,8 +722,15 @@ def test_dropout_compile() -> None:
     x = torch.randn(4, 5)
     assert torch.equal(compiled(x), x)
     layer.train()
-    y = torch.compile(tdrop.Dropout(0.3), backend="eager")(x)
+    y = torch.compile(tdrop.Dropout(0.3), backend="aot_eager", fullgraph=True)(x)
     assert ((y == 0) | torch.isclose(y, x / 0.7)).all()
+    clipper = tclip.NormClip(0.5)
+    model = _with_grads(_model())
+    result = torch.compile(lambda ps: clipper(ps), backend="aot_eager", fullgraph=True)(
+        list(model.parameters())
+    )
+    after = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()  # type: ignore[union-attr]
+    assert after.item() == pytest.approx(0.5, rel=1e-4) and result.coef.item() < 1
 
 
 class _MCNet(nn.Module):
