@@ -227,3 +227,14 @@ def test_result_unpacks_as_mean_spread_entropy(seed) -> None:
     mean, spread, entropy = res
     assert mean is res.mean and spread is res.std and spread is res.spread
     assert entropy is res.predictive_entropy and entropy is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_auto_detects_low_precision_probabilities(seed, dtype) -> None:
+    model = nn.Sequential(nn.Linear(6, 10), nn.Dropout(0.3), nn.Softmax(-1)).to(dtype)
+    res = D.mc_predict(
+        model, torch.randn(8, 6, generator=seed).to(dtype), 5, seed, return_samples=True
+    )
+    probs = res.samples.double()
+    total, _ = _entropies_f64(probs)  # read as probabilities, not softmaxed again
+    torch.testing.assert_close(res.predictive_entropy.double(), total, rtol=1e-4, atol=1e-5)

@@ -213,6 +213,7 @@ def mc_predict(
             outputs.append(out.reshape(k, -1, *out.shape[1:]) if k > 1 else out.unsqueeze(0))
             done += k
     samples = torch.cat(outputs)
+    out_dtype = samples.dtype
     if samples.dtype != torch.float64:
         samples = samples.float()
     dim = class_dim if class_dim < 0 else class_dim + 1
@@ -236,13 +237,16 @@ def mc_predict(
         return raw
     if samples.shape[dim] < 2:
         return raw
-    return _with_entropies(raw.mean, raw.std, _as_probs(samples, dim), dim, class_dim, raw.samples)
+    return _with_entropies(
+        raw.mean, raw.std, _as_probs(samples, dim, out_dtype), dim, class_dim, raw.samples
+    )
 
 
-def _as_probs(samples: Tensor, dim: int) -> Tensor:
-    # Outputs already probabilities (non-negative, summing to 1 along dim) are used as they are;
-    # anything else is read as logits.
-    tol = 1e-3 if samples.dtype != torch.float64 else 1e-9
+def _as_probs(samples: Tensor, dim: int, out_dtype: torch.dtype) -> Tensor:
+    # Outputs already probabilities (non-negative, summing to 1 along dim up to the rounding of
+    # the model's output dtype) are used as they are; anything else is read as logits.
+    eps = torch.finfo(out_dtype).eps if out_dtype.is_floating_point else 0.0
+    tol = max(4 * eps, 1e-5 if out_dtype != torch.float64 else 1e-12)
     if bool((samples >= 0).all()) and bool(((samples.sum(dim) - 1).abs() <= tol).all()):
         return samples
     return torch.softmax(samples, dim=dim)
