@@ -61,9 +61,15 @@ def test_value_clip_clamps_entries(seed):
     before = [w.grad.double().clone() for w in params]
     result = ValueClip(0.3)(params)
     assert_close_to_f64(result.norm, _ref_norm(before), dtype=torch.float32)
-    assert float(result.coef) == 1.0 and float(result.threshold) == pytest.approx(0.3)
-    for w, g0 in zip(params, before, strict=True):
-        assert_close_to_f64(w.grad, g0.clamp(-0.3, 0.3), dtype=torch.float32)
+    assert float(result.threshold) == pytest.approx(0.3)
+    after = [g0.clamp(-0.3, 0.3) for g0 in before]
+    # coef: norm after the clamp over the norm before (1.0 only when nothing was clamped)
+    assert_close_to_f64(result.coef, _ref_norm(after) / _ref_norm(before), dtype=torch.float32)
+    assert float(result.coef) < 1.0
+    for w, g0 in zip(params, after, strict=True):
+        assert_close_to_f64(w.grad, g0, dtype=torch.float32)
+    untouched = ValueClip(1e6)(params)
+    assert float(untouched.coef) == 1.0
 
 
 @pytest.mark.parametrize(

@@ -70,10 +70,14 @@ def test_feature_alpha_masks_channels(seed) -> None:
     torch.testing.assert_close(y, _ref(x, keep.expand_as(x), p))
 
 
-def test_training_defaults_to_true_unlike_torch(seed) -> None:
+def test_training_defaults_to_false_like_torch(seed) -> None:
     x = torch.randn(100, generator=seed)
-    assert not torch.equal(F.alpha_dropout(x, 0.5, generator=seed), x)
-    assert torch.equal(torch.nn.functional.alpha_dropout(x, 0.5), x)  # torch: silent no-op
+    assert torch.equal(F.alpha_dropout(x, 0.5, generator=seed), x)
+    assert torch.equal(torch.nn.functional.alpha_dropout(x, 0.5), x)
+    assert torch.equal(
+        F.feature_alpha_dropout(x.view(4, 5, 5), 0.5, generator=seed), x.view(4, 5, 5)
+    )
+    assert not torch.equal(F.alpha_dropout(x, 0.5, True, generator=seed), x)
 
 
 @pytest.mark.parametrize("cls", [D.AlphaDropout, D.FeatureAlphaDropout])

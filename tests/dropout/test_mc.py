@@ -82,7 +82,14 @@ def test_reproducible_with_generator_and_global_rng_untouched(per_forward) -> No
 
 
 def test_regression_statistics_match_samples(seed) -> None:
-    res = D.mc_predict(_model(), torch.randn(4, 6, generator=seed), 9, seed, return_samples=True)
+    res = D.mc_predict(
+        _model(),
+        torch.randn(4, 6, generator=seed),
+        9,
+        seed,
+        task="regression",
+        return_samples=True,
+    )
     s = res.samples.double()
     assert s.shape[0] == 9
     torch.testing.assert_close(res.mean.double(), s.mean(0), rtol=1e-6, atol=1e-6)
@@ -180,3 +187,54 @@ def test_output_not_batch_first_and_not_tensor(seed) -> None:
     with pytest.raises(TypeError, match="model"):
         D.mc_predict(nn.Sequential(nn.Dropout(0.5), Dict()), torch.ones(3, 2), 2, seed)
     assert model.training
+
+
+def _entropies_f64(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    p = probs.double()
+    p_bar = p.mean(0)
+    total = -(p_bar * p_bar.clamp_min(1e-300).log()).sum(-1)
+    expected = -(p * p.clamp_min(1e-300).log()).sum(-1).mean(0)
+    return total, expected
+
+
+@pytest.mark.parametrize("softmax_head", [False, True])
+def test_auto_default_raw_mean_and_entropies(seed, softmax_head: bool) -> None:
+    model = _model() if not softmax_head else nn.Sequential(_model(), nn.Softmax(-1))
+    x = torch.randn(5, 6, generator=seed)
+    res = D.mc_predict(model, x, 11, torch.Generator().manual_seed(3), return_samples=True)
+    raw = res.samples.double()
+    torch.testing.assert_close(res.mean.double(), raw.mean(0), rtol=1e-6, atol=1e-6)
+    probs = raw if softmax_head else torch.softmax(raw, -1)
+    total, expected = _entropies_f64(probs)
+    torch.testing.assert_close(res.predictive_entropy.double(), total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.expected_entropy.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        res.mutual_information.double(), (total - expected).clamp_min(0), rtol=1e-4, atol=1e-6
+    )
+    assert res.entropy is res.predictive_entropy
+
+
+def test_auto_no_class_dim_gives_no_entropy(seed) -> None:
+    model = nn.Sequential(nn.Linear(6, 1), nn.Dropout(0.5), nn.Flatten(0))
+    res = D.mc_predict(model, torch.randn(4, 6, generator=seed), 5, seed)
+    assert res.mean.shape == (4,) and res.predictive_entropy is None
+    single = nn.Sequential(nn.Linear(6, 1), nn.Dropout(0.5))
+    assert D.mc_predict(single, torch.randn(4, 6, generator=seed), 5, seed).entropy is None
+
+
+def test_result_unpacks_as_mean_spread_entropy(seed) -> None:
+    res = D.mc_predict(_model(), torch.randn(3, 6, generator=seed), 6, seed)
+    mean, spread, entropy = res
+    assert mean is res.mean and spread is res.std and spread is res.spread
+    assert entropy is res.predictive_entropy and entropy is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_auto_detects_low_precision_probabilities(seed, dtype) -> None:
+    model = nn.Sequential(nn.Linear(6, 10), nn.Dropout(0.3), nn.Softmax(-1)).to(dtype)
+    res = D.mc_predict(
+        model, torch.randn(8, 6, generator=seed).to(dtype), 5, seed, return_samples=True
+    )
+    probs = res.samples.double()
+    total, _ = _entropies_f64(probs)  # read as probabilities, not softmaxed again
+    torch.testing.assert_close(res.predictive_entropy.double(), total, rtol=1e-4, atol=1e-5)

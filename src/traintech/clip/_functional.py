@@ -67,7 +67,11 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
         return
     grads = local_tensors(grads)
     # Reading a CPU scalar costs no device sync; multiplying by exactly 1.0 changes nothing.
-    is_one = coef.device.type == "cpu" and coef.item() == 1.0
+    is_one = (
+        coef.device.type == "cpu"
+        and not torch.compiler.is_compiling()  # no host read inside a compiled graph
+        and coef.item() == 1.0
+    )
     for (device, _), group in group_by_device_dtype(grads).items():
         if is_one and device.type == "cpu":
             continue

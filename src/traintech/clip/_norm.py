@@ -247,6 +247,15 @@ def _torch_formula_norm(grads: list[Tensor], norm_type: float, dtype: torch.dtyp
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
+def _compiled_norm(grads: list[Tensor], norm_type: float, dtype: torch.dtype) -> Tensor:
+    device = grads[0].device
+    norms = [
+        torch.linalg.vector_norm(g, norm_type, dtype=_acc_dtype(g.dtype, g.device)).to(device)
+        for g in grads
+    ]
+    return torch.linalg.vector_norm(torch.stack(norms).to(torch.float64), norm_type).to(dtype)
+
+
 @torch.no_grad()
 def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     r"""The ``norm_type``-norm of all ``grads`` viewed as one vector.
@@ -271,4 +280,8 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     dtype = result_dtype(grads)
     if not _is_regular(norm_type):
         return _torch_formula_norm(grads, norm_type, dtype)
+    if torch.compiler.is_compiling():
+        # Inside torch.compile (fullgraph included): no data-dependent branch or host read; the
+        # per-tensor norms in the accumulation dtype, combined as torch does.
+        return _compiled_norm(grads, norm_type, dtype)
     return combine_partials(partial_power_sums(grads, norm_type), norm_type, grads[0].device, dtype)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from traintech.clip._functional import clamp_grads_
+from traintech.clip._norm import ParamsLike, collect_grads
 from traintech.clip._protocol import Clipper, ClipResult
 from traintech.clip._validate import check_nonneg
 
@@ -20,8 +21,11 @@ class ValueClip(Clipper):
 
     Unlike :class:`NormClip` this is not a uniform rescaling: clamped entries shrink while the
     others keep their value, so the gradient's direction changes. ``result.norm`` is the 2-norm
-    before clamping and ``result.coef`` is 1.0 (no single factor describes a clamp);
-    ``result.threshold`` is ``clip_value``. Mikolov (2012, PhD thesis) clipped by value in RNN
+    before clamping and ``result.coef`` the ratio of the 2-norms after and before the clamp,
+    :math:`\|\mathrm{clamp}(g)\| / \|g\|` (1.0 when nothing was clamped, as for the other
+    clippers; no single factor describes a clamp, so this one summarises it);
+    ``result.threshold`` is ``clip_value``. In a guarded step (measure, decide, apply) ``coef``
+    is reported as 1.0. Mikolov (2012, PhD thesis) clipped by value in RNN
     language models; see also Pascanu et al. (2013), https://arxiv.org/abs/1211.5063.
 
     Args:
@@ -46,6 +50,27 @@ class ValueClip(Clipper):
 
     def __repr__(self) -> str:
         return f"ValueClip(clip_value={self.clip_value})"
+
+    @torch.no_grad()
+    def __call__(self, parameters: ParamsLike) -> ClipResult:
+        """Clamp the gradients in place; ``coef`` is the norm after over the norm before.
+
+        Raises:
+            ValueError: if no parameter in ``parameters`` has a gradient.
+            TypeError: if an element of ``parameters`` is not a tensor.
+        """
+        grads = collect_grads(parameters)
+        if not grads:
+            raise ValueError(
+                "parameters has no gradients: ValueClip needs at least one tensor with a .grad "
+                "(call it after loss.backward(), with model.parameters())"
+            )
+        result = self.decide(self.measure(grads))
+        self.apply(grads, result)
+        norm = result.norm
+        after = self.measure(grads).to(norm.dtype)
+        coef = torch.where(norm > 0, after / norm, torch.ones_like(norm))
+        return ClipResult(norm=norm, coef=coef, threshold=result.threshold, skip=result.skip)
 
     def decide(self, norm: Tensor) -> ClipResult:
         """Coefficient 1.0 (the clamp happens in :meth:`apply`); never asks to skip."""

@@ -57,7 +57,7 @@ def _alpha(
 def alpha_dropout(
     input: Tensor,
     p: float = 0.5,
-    training: bool = True,
+    training: bool = False,
     inplace: bool = False,
     *,
     generator: torch.Generator | None = None,
@@ -78,7 +78,7 @@ def alpha_dropout(
     Args:
         input: tensor of any shape.
         p: probability of an element to be dropped, in ``[0, 1)``.
-        training: apply dropout if ``True`` (default; torch's default ``False`` is a no-op).
+        training: apply dropout if ``True``; the default ``False`` (torch's) is a no-op.
         inplace: overwrite ``input``.
         generator: source of randomness (default: torch's global generator).
 
@@ -87,7 +87,7 @@ def alpha_dropout(
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
-        >>> alpha_dropout(torch.zeros(4), 0.5, generator=g)
+        >>> alpha_dropout(torch.zeros(4), 0.5, True, generator=g)
         tensor([-0.7792,  0.7792, -0.7792, -0.7792])
     """
     check_input(input)
@@ -97,7 +97,7 @@ def alpha_dropout(
 def feature_alpha_dropout(
     input: Tensor,
     p: float = 0.5,
-    training: bool = True,
+    training: bool = False,
     inplace: bool = False,
     *,
     generator: torch.Generator | None = None,
@@ -112,7 +112,7 @@ def feature_alpha_dropout(
     Args:
         input: ``(N, C, *)`` tensor with at least 2 dimensions.
         p: probability of a channel to be dropped, in ``[0, 1)``.
-        training: apply dropout if ``True`` (default; torch's default ``False`` is a no-op).
+        training: apply dropout if ``True``; the default ``False`` (torch's) is a no-op.
         inplace: overwrite ``input``.
         generator: source of randomness (default: torch's global generator).
 
@@ -124,7 +124,7 @@ def feature_alpha_dropout(
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
-        >>> feature_alpha_dropout(torch.zeros(1, 2, 2), 0.5, generator=g)[0]
+        >>> feature_alpha_dropout(torch.zeros(1, 2, 2), 0.5, True, generator=g)[0]
         tensor([[-0.7792, -0.7792],
                 [ 0.7792,  0.7792]])
     """

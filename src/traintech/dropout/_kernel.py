@@ -225,5 +225,12 @@ def mask_scale(
     low_memory: bool = False,
     inplace: bool = False,
 ) -> Tensor:
-    """``x * keep * scale`` with ``keep ~ Bernoulli(1 - p)`` element-wise, ``0 < p < 1``."""
+    """``x * keep * scale`` with ``keep ~ Bernoulli(1 - p)`` element-wise, ``0 < p < 1``.
+
+    Inside ``torch.compile`` the mask is drawn with plain tensor ops (the compiler traces and
+    fuses them, and autograd saves what it needs); eagerly the custom function runs.
+    """
+    if torch.compiler.is_compiling():
+        factors = keep_mask(x.shape, p, x.device, generator).to(x.dtype) * scale
+        return x.mul_(factors) if inplace else x * factors
     return DropoutFunction.apply(x, p, scale, generator, low_memory, inplace)

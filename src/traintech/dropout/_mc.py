@@ -15,7 +15,7 @@ from traintech.dropout._layers import DropConnect, dropout_layers, is_ours
 #: Auto batching repeats the input up to this many elements in one forward.
 MAX_BATCHED_ELEMENTS = 1 << 22
 
-TASKS = ("regression", "classification")
+TASKS = ("auto", "regression", "classification")
 
 
 @dataclass
@@ -23,14 +23,19 @@ class MCResult:
     r"""What :func:`mc_predict` returns (float32 unless the model computes in float64).
 
     Attributes:
-        mean: mean prediction over the samples (class probabilities for classification).
+        mean: mean prediction over the samples (the raw outputs; class probabilities for
+            ``task="classification"``).
         std: standard deviation over the samples (``correction=0``), same shape as ``mean``.
-        predictive_entropy: classification only: :math:`H[\bar p]` in nats (total
-            uncertainty), one value per prediction (class dimension reduced).
-        expected_entropy: classification only: :math:`\frac1T\sum_t H[p_t]` (aleatoric).
-        mutual_information: classification only: ``predictive_entropy - expected_entropy``
-            (epistemic, BALD), clamped at 0.
+        predictive_entropy: :math:`H[\bar p]` in nats (total uncertainty), one value per
+            prediction (class dimension reduced); ``None`` for ``task="regression"`` or an
+            output without a class dimension.
+        expected_entropy: :math:`\frac1T\sum_t H[p_t]` (aleatoric); ``None`` as above.
+        mutual_information: ``predictive_entropy - expected_entropy`` (epistemic, BALD),
+            clamped at 0; ``None`` as above.
         samples: the ``(n_samples, *output)`` predictions if ``return_samples=True``.
+
+    It unpacks as the triple ``mean, std, predictive_entropy``; ``spread`` and ``entropy`` are
+    aliases of ``std`` and ``predictive_entropy``.
     """
 
     mean: Tensor
@@ -44,6 +49,15 @@ class MCResult:
     def entropy(self) -> Tensor | None:
         """Same as :attr:`predictive_entropy` (the total uncertainty)."""
         return self.predictive_entropy
+
+    @property
+    def spread(self) -> Tensor:
+        """Same as :attr:`std` (the spread of the samples)."""
+        return self.std
+
+    def __iter__(self) -> Iterator[Tensor | None]:
+        """Unpack as ``mean, std, predictive_entropy = mc_predict(...)``."""
+        return iter((self.mean, self.std, self.predictive_entropy))
 
 
 @contextlib.contextmanager
@@ -82,7 +96,7 @@ def mc_predict(
     n_samples: int = 30,
     generator: torch.Generator | None = None,
     *,
-    task: str = "regression",
+    task: str = "auto",
     class_dim: int = -1,
     samples_per_forward: int | None = None,
     return_samples: bool = False,
@@ -100,6 +114,14 @@ def mc_predict(
         \bar p = \frac1T\sum_t p_t, \quad
         H[\bar p] = -\sum_c \bar p_c \log \bar p_c, \quad
         \mathrm{MI} = H[\bar p] - \frac1T \sum_t H[p_t] \;\ge 0
+
+    ``task="auto"`` (the default) keeps ``mean``/``std`` on the model's raw outputs, as
+    ``"regression"`` does, and also reports the entropies: the outputs are read as class
+    probabilities along ``class_dim`` when every sample is non-negative and sums to 1 there
+    (a model ending in softmax), and as logits otherwise. They are ``None`` only when the
+    output has no class dimension (fewer than 2 dims, or size 1 along ``class_dim``); for a
+    regression model they are meaningless: ignore them or pass ``task="regression"``.
+    ``task="classification"`` always applies softmax and returns probability statistics.
 
     ``H`` is the total (predictive) uncertainty; the mutual information is its epistemic part
     (disagreement between dropout masks, large off the training data); the rest is
@@ -122,8 +144,9 @@ def mc_predict(
         x: input batch, batch dimension first.
         n_samples: number of stochastic passes, ``>= 1``.
         generator: source of randomness (default: torch's global generator).
-        task: ``"regression"`` (statistics of the raw outputs) or ``"classification"``
-            (outputs are logits; softmax, entropy and mutual information).
+        task: ``"auto"`` (raw-output mean/std plus entropies whenever the output has a
+            class dimension), ``"regression"`` (raw-output mean/std only) or
+            ``"classification"`` (outputs are logits; probability mean/std, entropies).
         class_dim: class dimension of the model's output (classification).
         samples_per_forward: copies of ``x`` per forward (``None``: automatic).
         return_samples: also return every sample.
@@ -190,24 +213,56 @@ def mc_predict(
             outputs.append(out.reshape(k, -1, *out.shape[1:]) if k > 1 else out.unsqueeze(0))
             done += k
     samples = torch.cat(outputs)
+    out_dtype = samples.dtype
     if samples.dtype != torch.float64:
         samples = samples.float()
-    if task == "regression":
-        return MCResult(
-            mean=samples.mean(0),
-            std=samples.std(0, correction=0),
-            samples=samples if return_samples else None,
-        )
     dim = class_dim if class_dim < 0 else class_dim + 1
-    probs = torch.softmax(samples, dim=dim)
-    mean = probs.mean(0)
-    entropy = -torch.special.xlogy(mean, mean).sum(class_dim)
+    if task == "classification":
+        probs = torch.softmax(samples, dim=dim)
+        return _with_entropies(
+            probs.mean(0),
+            probs.std(0, correction=0),
+            probs,
+            dim,
+            class_dim,
+            probs if return_samples else None,
+        )
+    raw = MCResult(
+        mean=samples.mean(0),
+        std=samples.std(0, correction=0),
+        samples=samples if return_samples else None,
+    )
+    out_dims = samples.dim() - 1
+    if task == "regression" or out_dims < 2 or not -out_dims <= class_dim < out_dims:
+        return raw
+    if samples.shape[dim] < 2:
+        return raw
+    return _with_entropies(
+        raw.mean, raw.std, _as_probs(samples, dim, out_dtype), dim, class_dim, raw.samples
+    )
+
+
+def _as_probs(samples: Tensor, dim: int, out_dtype: torch.dtype) -> Tensor:
+    # Outputs already probabilities (non-negative, summing to 1 along dim up to the rounding of
+    # the model's output dtype) are used as they are; anything else is read as logits.
+    eps = torch.finfo(out_dtype).eps if out_dtype.is_floating_point else 0.0
+    tol = max(4 * eps, 1e-5 if out_dtype != torch.float64 else 1e-12)
+    if bool((samples >= 0).all()) and bool(((samples.sum(dim) - 1).abs() <= tol).all()):
+        return samples
+    return torch.softmax(samples, dim=dim)
+
+
+def _with_entropies(
+    mean: Tensor, std: Tensor, probs: Tensor, dim: int, class_dim: int, samples: Tensor | None
+) -> MCResult:
+    p_bar = probs.mean(0)
+    entropy = -torch.special.xlogy(p_bar, p_bar).sum(class_dim)
     expected = -torch.special.xlogy(probs, probs).sum(dim).mean(0)
     return MCResult(
         mean=mean,
-        std=probs.std(0, correction=0),
+        std=std,
         predictive_entropy=entropy,
         expected_entropy=expected,
         mutual_information=(entropy - expected).clamp_min(0.0),
-        samples=probs if return_samples else None,
+        samples=samples,
     )

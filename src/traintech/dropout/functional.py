@@ -1,10 +1,10 @@
 r"""Functional forms of the dropout family (``traintech.dropout.functional``).
 
 Where torch has the function (``dropout``, ``dropout1d/2d/3d``, ``alpha_dropout``,
-``feature_alpha_dropout``) the positional signature is torch's, ``training`` defaults to
-``True`` (torch's ``alpha_dropout`` and ``feature_alpha_dropout`` default to ``False``, which
-makes ``F.alpha_dropout(x, 0.5)`` a silent no-op; ours applies it), and ``mode``,
-``generator`` and ``low_memory`` are extra keywords. The functions torch lacks
+``feature_alpha_dropout``) the positional signature and defaults are torch's (so
+``alpha_dropout`` and ``feature_alpha_dropout`` default to ``training=False``, a no-op, as
+torch's do: a drop-in replacement changes nothing), and ``mode``, ``generator`` and
+``low_memory`` are extra keywords. The functions torch lacks
 (``drop_connect``, ``drop_path``, ``drop_block2d``) take ``training`` as a required argument,
 so forgetting it is a ``TypeError`` instead of a network trained without regularisation.
 """
