@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="traintech",
         description="Training-stability techniques for PyTorch: demo, monitor report, version.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"traintech {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(

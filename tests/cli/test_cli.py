@@ -74,3 +74,10 @@ def test_families_are_reachable_from_the_package():
         assert getattr(traintech, family).__name__ == f"traintech.{family}"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         traintech.nope  # noqa: B018
+
+
+def test_dash_dash_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"traintech {traintech.__version__}"

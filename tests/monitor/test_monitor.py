@@ -376,3 +376,14 @@ def test_with_the_guarded_step_and_a_clipper(setup):
         ref = {n: f64_norm(p.detach() - before[n]) / f64_norm(before[n])
                for n, p in model.named_parameters()}
         assert rec["update_ratio"] == pytest.approx(ref, rel=1e-4)
+
+
+def test_every_can_be_given_by_position(tmp_path):
+    from torch import nn
+
+    from traintech.monitor import Monitor
+
+    model = nn.Linear(3, 2)
+    monitor = Monitor(model, None, tmp_path / "run", 2)
+    assert monitor.every == 2
+    monitor.close()

@@ -88,7 +88,10 @@ class QuantileClip(AdaptiveClipper):
     Paper: Seetharaman et al., "AutoClip: Adaptive Gradient Clipping for Source Separation
     Networks", https://arxiv.org/abs/2007.14469 (``quantile`` 0.1 there for audio networks;
     0.9 clips only the top tenth of norms). The threshold equals the ``autoclip`` package's
-    ``QuantileClip(global_threshold=True)`` up to its float32 rounding. A norm is a *spike*
+    ``QuantileClip(global_threshold=True)`` up to its float32 rounding. Note: the paper's
+    algorithm appends the current norm to the history *before* taking the quantile; like the
+    ``autoclip`` package, we judge a step against the earlier norms only, so a spike cannot
+    raise its own threshold and the first step is not clipped. A norm is a *spike*
     when it exceeds :math:`\tau_t` (a fraction about :math:`1-q` of steps by design), which is
     also the boundary of ``skip_factor``. A non-finite norm changes nothing.
 
