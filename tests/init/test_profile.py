@@ -92,3 +92,11 @@ def test_deep_relu_mlp_keeps_its_second_moment_after_init_model_and_collapses_wi
     assert small[0] == pytest.approx(0.0128, rel=0.2)
     assert small[4] < 1e-8 and small[-1] < 1e-30
     assert math.log(small[3] / small[2]) == pytest.approx(math.log(0.0128), abs=0.3)
+
+
+def test_tiny_activations_are_not_reported_as_zero():
+    net = nn.Sequential(nn.Identity())
+    x = torch.full((4, 8), 1e-25)  # representable in float32, its square is not
+    (row,) = ti.variance_profile(net, x).rows
+    assert row.second_moment == pytest.approx(1e-50, rel=1e-6)
+    assert row.mean == pytest.approx(1e-25, rel=1e-6)

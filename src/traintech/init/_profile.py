@@ -103,7 +103,8 @@ def variance_profile(
         \text{std} = \sqrt{\frac{1}{n}\sum_i (y_i - \text{mean})^2}, \quad
         E[y^2] = \frac{1}{n}\sum_i y_i^2
 
-    computed in float32 (float64 for float64 outputs) and read back in one transfer. With
+    computed in float64 (so vanishing signals down to ~1e-150 still read as nonzero, where a
+    float32 square underflows below ~1e-19) and read back in one transfer. With
     ``backward=True`` a gradient :math:`g \sim \mathcal{N}(0, 1)` (from ``generator``) is fed
     into the model's output (its first tensor) and the same statistics are taken of the
     gradient w.r.t. each layer's output, via ``torch.autograd.grad`` (parameters' ``.grad`` are
@@ -193,7 +194,7 @@ def _stats(t: Tensor | None) -> Tensor:
     if t is None:
         return torch.full((3,), float("nan"))
     x = t.detach()
-    x = x.double() if x.dtype == torch.float64 else x.float()
+    x = x.double()  # float32 squares underflow to 0 once a vanishing signal is below ~1e-19
     mean = x.mean()
     second = x.square().mean()
     std = x.var(unbiased=False).clamp_min(0).sqrt()
