@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech._compat import foreach_mul_, foreach_norm
 from traintech._distributed import any_dtensor
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
@@ -67,13 +68,13 @@ def adaptive_clip_grad_(
             others.append(i)
     for members in groups.values():
         g_list = [grads[i] for i in members]
-        g_norm = torch.stack(torch._foreach_norm(g_list))
-        max_norm = torch.stack(torch._foreach_norm([weights[i] for i in members]))
+        g_norm = torch.stack(foreach_norm(g_list))
+        max_norm = torch.stack(foreach_norm([weights[i] for i in members]))
         max_norm = max_norm.clamp_(min=eps).mul_(clip_factor)
         ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
         if not _untouched(coef):
-            torch._foreach_mul_(g_list, list(coef.unbind()))
+            foreach_mul_(g_list, list(coef.unbind()))
         norms.append(g_norm.to(device, acc))
         coefs.append(coef.to(device, acc))
     for i in others:

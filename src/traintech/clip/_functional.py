@@ -13,8 +13,13 @@ import warnings
 import torch
 from torch import Tensor
 
+from traintech._compat import (
+    device_has_foreach,
+    foreach_clamp_,
+    foreach_mul_,
+    group_by_device_dtype,
+)
 from traintech._distributed import local_tensors
-from traintech.clip._compat import device_has_foreach, group_by_device_dtype
 from traintech.clip._norm import ParamsLike, as_tensor_list, total_norm
 
 #: Added to the norm in the clip coefficient, as in torch.
@@ -77,7 +82,7 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
             continue
         coef_dev = coef.to(device)
         if _use_foreach(foreach, device, group):
-            torch._foreach_mul_(group, coef_dev)
+            foreach_mul_(group, coef_dev)
         else:
             for g in group:
                 g.mul_(coef_dev)
@@ -188,8 +193,7 @@ def clamp_grads_(grads: list[Tensor], clip_value: float, foreach: bool | None = 
             group = [g for g in group if g.numel() <= _LARGE]
             if not group:
                 continue
-        torch._foreach_clamp_min_(group, -clip_value)
-        torch._foreach_clamp_max_(group, clip_value)
+        foreach_clamp_(group, -clip_value, clip_value)
 
 
 @torch.no_grad()

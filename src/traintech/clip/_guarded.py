@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._compat import record_scaler_found_inf, scaler_scale
 from traintech._distributed import all_ranks_any
-from traintech.clip._compat import record_scaler_found_inf, scaler_scale
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
 from traintech.clip._validate import check_nonneg, check_positive_int

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from traintech.clip._compat import flatten_dense, group_by_device_dtype
+from traintech._compat import flatten_dense, foreach_norm, group_by_device_dtype
 
 ParamsLike = Tensor | Iterable[Tensor]
 
@@ -184,7 +184,7 @@ def _device_group_partial(grads: list[Tensor], norm_type: float, device: torch.d
     if grads[0].dtype not in _FLOATS:
         norms = [torch.linalg.vector_norm(g, norm_type) for g in grads]
     else:
-        norms = list(torch._foreach_norm(grads, norm_type, dtype=acc))
+        norms = foreach_norm(grads, norm_type, dtype=acc)
     stacked = torch.stack(norms).to(acc)
     if is_inf_norm(norm_type):
         return stacked.max()

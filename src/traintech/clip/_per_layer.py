@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from traintech._compat import foreach_mul_, foreach_norm
 from traintech._distributed import local_tensors
 from traintech.clip._functional import CLIP_EPS, scale_grads_
 from traintech.clip._norm import ROW, total_norm
@@ -134,7 +135,7 @@ def _scale_layers(
     coefs = torch.where(torch.isinf(limit), torch.ones_like(clamped), clamped).unbind()
     tensors = local_tensors([g for grads in groups.values() for g in grads])
     per_tensor = [c for c, grads in zip(coefs, groups.values(), strict=True) for _ in grads]
-    torch._foreach_mul_(tensors, per_tensor)
+    foreach_mul_(tensors, per_tensor)
 
 
 def _layer_norms(groups: dict[str, list[Tensor]], norm_type: float) -> list[Tensor]:
@@ -152,6 +153,6 @@ def _layer_norms(groups: dict[str, list[Tensor]], norm_type: float) -> list[Tens
     if small:
         values = list(groups.values())
         tensors = [values[i][0] for i in small]
-        for i, norm in zip(small, torch._foreach_norm(tensors, norm_type), strict=True):
+        for i, norm in zip(small, foreach_norm(tensors, norm_type), strict=True):
             norms[i] = norm
     return [n for n in norms if n is not None]

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
+from traintech._compat import foreach_copy, foreach_norm, foreach_sub_
+
 
 def foreach_norms(tensors: list[Tensor]) -> Tensor:
     """The 2-norm of each tensor, in one ``torch._foreach_norm`` call, stacked on one device.
@@ -16,7 +18,7 @@ def foreach_norms(tensors: list[Tensor]) -> Tensor:
     Accumulates in float32 (float64 when any tensor is float64), so fp16/bf16 do not overflow.
     """
     acc = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    norms = torch._foreach_norm(tensors, 2, dtype=acc)
+    norms = foreach_norm(tensors, 2, dtype=acc)
     device = norms[0].device
     return torch.stack([n.to(device) for n in norms])
 
@@ -61,14 +63,14 @@ class UpdateTracker:
             return
         with torch.no_grad():
             params = [p.detach() for _, p in self.params]
-            self._before = (list(torch._foreach_mul(params, 1.0)), foreach_norms(params))
+            self._before = (foreach_copy(params), foreach_norms(params))
 
     def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._before is None:
             return
         (copy, weight_norms), self._before = self._before, None
         with torch.no_grad():
-            torch._foreach_sub_(copy, [p.detach() for _, p in self.params])  # w_{t-1} - w_t
+            foreach_sub_(copy, [p.detach() for _, p in self.params])  # w_{t-1} - w_t
             upd = foreach_norms(copy)
             self._result = torch.cat([upd, weight_norms.to(upd.device)])
 

@@ -1,7 +1,8 @@
-"""The private torch APIs traintech.clip relies on, in one place.
+"""The private (underscore) torch APIs traintech relies on, in one place.
 
-If a torch release moves one of them, only this file changes. (The lead may move these helpers
-into a package-wide ``traintech/_compat.py``.)
+If a torch release moves or changes one of them, only this file changes. The ``_foreach_*``
+kernels are the multi-tensor ops torch's own clipping and optimizers use; they are wrapped here
+with plain signatures.
 """
 
 from __future__ import annotations
@@ -15,6 +16,34 @@ from torch.utils._foreach_utils import (
     _device_has_foreach_support,
     _group_tensors_by_device_and_dtype,
 )
+
+
+def foreach_norm(
+    tensors: list[Tensor], ord: float = 2.0, dtype: torch.dtype | None = None
+) -> list[Tensor]:
+    """The ``ord``-norm of each tensor (0-dim tensors), in one multi-tensor kernel."""
+    return list(torch._foreach_norm(tensors, ord, dtype=dtype))
+
+
+def foreach_mul_(tensors: list[Tensor], scalars: Tensor | list[Tensor] | float) -> None:
+    """Multiply each tensor in place by ``scalars`` (one value, or one per tensor)."""
+    torch._foreach_mul_(tensors, scalars)
+
+
+def foreach_copy(tensors: list[Tensor]) -> list[Tensor]:
+    """New copies of ``tensors``, made by one multi-tensor kernel."""
+    return list(torch._foreach_mul(tensors, 1.0))
+
+
+def foreach_sub_(tensors: list[Tensor], others: list[Tensor]) -> None:
+    """``tensors[i] -= others[i]`` in place, in one multi-tensor kernel."""
+    torch._foreach_sub_(tensors, others)
+
+
+def foreach_clamp_(tensors: list[Tensor], low: float, high: float) -> None:
+    """Clamp each tensor to ``[low, high]`` in place, in two multi-tensor kernels."""
+    torch._foreach_clamp_min_(tensors, low)
+    torch._foreach_clamp_max_(tensors, high)
 
 
 def device_has_foreach(device: torch.device) -> bool:
