@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech.norm._affine import register_affine
 from traintech.norm._stats import check_channels, check_eps, check_positive_int
 
 # Speed note: torch's native ``torch.group_norm`` kernel computes this exact formula with fused
@@ -117,15 +118,7 @@ class GroupNorm(nn.Module):
         self.affine = affine
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, num_channels, affine=affine, bias=bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech.norm._affine import register_affine
 from traintech.norm._stats import (
     as_shape,
     check_channels,
@@ -100,15 +101,9 @@ class LayerNorm(nn.Module):
         self.elementwise_affine = elementwise_affine
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(
+            self, shape, affine=elementwise_affine, bias=bias, device=device, dtype=dtype
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -209,15 +204,7 @@ class ChannelLayerNorm(nn.Module):
         self.affine = affine
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, num_channels, affine=affine, bias=bias, device=device, dtype=dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalize each position's channel vector."""
