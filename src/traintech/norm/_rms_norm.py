@@ -36,9 +36,10 @@ def default_rms_eps(dtype: torch.dtype) -> float:
     return torch.finfo(stat_dtype(dtype)).eps
 
 
-#: Bytes of one row block (per tensor) on CPU: the block's rows of x, gy and dx (3 x 512 KiB)
-#: stay in a 2 MiB L2 across the elementwise passes; measured 5-23% faster than whole-tensor
-#: passes at (4096, 1024) on a loaded machine. Other devices use one block.
+#: Bytes of one row block (per tensor) on CPU: a block's rows (of x and y in the forward; of x,
+#: gy and dx in the half backward) stay in a 2 MiB L2 across the passes over it; measured 5-23%
+#: faster than whole-tensor passes at (4096, 1024). The fp32 backward's correction uses blocks
+#: 4x as large. Other devices use one block.
 _CPU_BLOCK_BYTES = 1 << 19
 
 
@@ -61,23 +62,19 @@ def rms_forward(x2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, 
     same = x2.dtype == sd
     y = torch.empty_like(x2)
     rstd = torch.empty(x2.shape[0], 1, dtype=sd, device=x2.device)
-    if same:  # one reduction pass over the whole input
-        torch.linalg.vector_norm(x2, dim=-1, keepdim=True, out=rstd)
-        rstd.square_().div_(d).add_(eps).rsqrt_()
+    eps_t = torch.tensor(eps, dtype=sd, device=x2.device)
     step = _block_rows(x2, sd)
     for start in range(0, x2.shape[0], step):
         rows = slice(start, start + step)
         r = rstd[rows]
-        if same:
-            out = y[rows]
-            torch.mul(x2[rows], r, out=out)
-        else:
-            out = x2[rows].to(sd)
-            torch.linalg.vector_norm(out, dim=-1, keepdim=True, out=r)
-            r.square_().div_(d).add_(eps).rsqrt_()
-            out.mul_(r)
+        xb = x2[rows] if same else x2[rows].to(sd)
+        # the block's reduction pass brings it into cache for the two multiplications below
+        torch.linalg.vector_norm(xb, dim=-1, keepdim=True, out=r)
+        torch.addcmul(eps_t, r, r, value=1.0 / d, out=r).rsqrt_()  # (|x|^2 / D + eps)^-1/2
+        out = y[rows] if same else xb
+        torch.mul(xb, r, out=out)
         if ws is not None:
-            out.mul_(ws)  # the block is still in cache
+            out.mul_(ws)
         if not same:
             y[rows].copy_(out)
     return y, rstd
@@ -115,21 +112,32 @@ def _native_backward(
     r"""RMSNorm backward through torch's fused LayerNorm backward with a zero mean.
 
     With :math:`\mu = 0` LayerNorm's gradient is RMSNorm's except for the mean-gradient term
-    :math:`-\frac{r}{D} \sum_j g_j`, which is added back (one mat-vec and one pass over ``dx``);
-    its weight gradient :math:`\sum_{\text{rows}} g\, x\, r` is RMSNorm's as it is. One native
-    kernel walks the data once per row, where a composite of elementwise ops made six passes
-    (fp32 (8, 512, 1024) forward + backward on 1 CPU thread: 1.23x LayerNorm's time before,
-    see ``benchmarks/norm.py``).
+    :math:`-\frac{r}{D} \sum_j g_j`, which is added back (a mat-vec over ``gy`` and an add over
+    ``dx``, block by block); its weight gradient :math:`\sum_{\text{rows}} g\, x\, r` is
+    RMSNorm's as it is. One native kernel walks the data once per row, where our composite of
+    elementwise ops made six passes (fp32 (8, 512, 1024) forward + backward on 1 CPU thread,
+    ``benchmarks/norm.py``: 1.23-1.30x LayerNorm's time before, 1.20-1.24x after).
     """
     d = x2.shape[-1]
     mask = [True, need_w, False]
     dx, dweight, _ = torch.ops.aten.native_layer_norm_backward(
         gy2, x2, [d], torch.zeros_like(rstd), rstd, ws, None, mask
     )
-    gsum = gy2.sum(dim=-1) if ws is None else torch.mv(gy2, ws)  # sum_j gamma_j gy_ij
-    dx.add_(gsum.unsqueeze(-1).mul_(rstd).div_(d))
-    if extra_grad is not None:
-        dx.add_(extra_grad)
+    # the correction r_i / D * sum_j gamma_j gy_ij, in row blocks from the last one back: the
+    # kernel has just walked the rows in order, so the last rows of gy and dx are still in cache
+    rd = rstd.div(d)
+    gsum = torch.empty_like(rstd)
+    step = 4 * _block_rows(x2, rstd.dtype)
+    for start in reversed(range(0, x2.shape[0], step)):
+        rows = slice(start, start + step)
+        gs = gsum[rows]
+        if ws is None:
+            torch.sum(gy2[rows], dim=-1, keepdim=True, out=gs)
+        else:
+            torch.mv(gy2[rows], ws, out=gs.view(-1))
+        block = dx[rows].add_(gs.mul_(rd[rows]))
+        if extra_grad is not None:
+            block.add_(extra_grad[rows])
     return dx, (dweight if need_w else None)
 
 
