@@ -38,8 +38,8 @@ def default_rms_eps(dtype: torch.dtype) -> float:
 
 #: Bytes of one row block (per tensor) on CPU: a block's rows (of x and y in the forward; of x,
 #: gy and dx in the half backward) stay in a 2 MiB L2 across the passes over it; measured 5-23%
-#: faster than whole-tensor passes at (4096, 1024). The fp32 backward's correction uses blocks
-#: 4x as large. Other devices use one block.
+#: faster than whole-tensor passes at (4096, 1024). fp32/fp64 use blocks 4x as large (their
+#: passes are fewer). Other devices use one block.
 _CPU_BLOCK_BYTES = 1 << 19
 
 
@@ -63,8 +63,10 @@ def rms_forward(x2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, 
     y = torch.empty_like(x2)
     rstd = torch.empty(x2.shape[0], 1, dtype=sd, device=x2.device)
     eps_t = torch.tensor(eps, dtype=sd, device=x2.device)
-    step = _block_rows(x2, sd)
-    for start in range(0, x2.shape[0], step):
+    # fp32+ blocks are 4x larger (fewer small ops; measured ~2% faster at (4096, 1024)); the
+    # last block first, so that the backward, which starts at row 0, finds those rows in cache
+    step = _block_rows(x2, sd) * (4 if same else 1)
+    for start in reversed(range(0, x2.shape[0], step)):
         rows = slice(start, start + step)
         r = rstd[rows]
         xb = x2[rows] if same else x2[rows].to(sd)
