@@ -7,6 +7,7 @@ with plain signatures.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import torch
@@ -44,6 +45,29 @@ def foreach_clamp_(tensors: list[Tensor], low: float, high: float) -> None:
     """Clamp each tensor to ``[low, high]`` in place, in two multi-tensor kernels."""
     torch._foreach_clamp_min_(tensors, low)
     torch._foreach_clamp_max_(tensors, high)
+
+
+def layer_norm_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    normalized_shape: list[int],
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    *,
+    grad_weight: bool,
+    grad_bias: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Torch's fused LayerNorm backward kernel: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``mean``/``rstd`` are the per-row statistics the forward saved; a weight or bias gradient
+    that is not asked for comes back as None.
+    """
+    mask = [True, grad_weight, grad_bias]
+    dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+        grad_out, input, normalized_shape, mean, rstd, weight, None, mask
+    )
+    return typing.cast(Tensor, dx), dw, db
 
 
 def device_has_foreach(device: torch.device) -> bool:

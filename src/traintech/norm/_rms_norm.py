@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from traintech._compat import layer_norm_backward
 from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, stat_dtype
 
 
@@ -121,9 +122,8 @@ def _native_backward(
     paired runs: 1.30x LayerNorm's time with the composite, 1.24x with this).
     """
     d = x2.shape[-1]
-    mask = [True, need_w, False]
-    dx, dweight, _ = torch.ops.aten.native_layer_norm_backward(
-        gy2, x2, [d], torch.zeros_like(rstd), rstd, ws, None, mask
+    dx, dweight, _ = layer_norm_backward(
+        gy2, x2, [d], torch.zeros_like(rstd), rstd, ws, grad_weight=need_w, grad_bias=False
     )
     # the correction r_i / D * sum_j gamma_j gy_ij, in row blocks from the last one back: the
     # kernel has just walked the rows in order, so the last rows of gy and dx are still in cache
