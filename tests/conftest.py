@@ -8,6 +8,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (no flaky CI from a new random draw) and have
+# no per-example deadline (a loaded shared machine is not a failure).
+settings.register_profile("traintech", derandomize=True, deadline=None, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "traintech"))
 
 # Our machines are shared: OpenMP threads under load make small-tensor work much slower.
 torch.set_num_threads(int(os.environ.get("TRAINTECH_TEST_THREADS", "1")))
