@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -10,18 +12,41 @@ from traintech.dropout._checks import check_generator, check_mode, check_p
 
 
 class _SpatialMixin:
-    """Shared constructor part of the three spatial dropouts."""
+    """Constructor, ``extra_repr`` and ``forward`` shared by the three spatial dropouts.
 
+    Listed before the ``nn.DropoutNd`` base, so ``super()`` reaches torch's constructor and
+    ``extra_repr``; each class names its functional twin in ``_functional``.
+    """
+
+    _functional: Callable[..., Tensor]
     p: float
+    inplace: bool
+    training: bool
     mode: str
     generator: torch.Generator | None
 
-    def _setup(self, mode: str, generator: torch.Generator | None) -> None:
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        mode: str = "inverted",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(check_p(p), inplace)  # type: ignore[call-arg]
         self.mode = check_mode(mode)
         self.generator = check_generator(generator)
 
-    def _extra(self, base: str) -> str:
+    def extra_repr(self) -> str:
+        """``p`` and ``inplace`` as torch prints them, then a non-default ``mode``."""
+        base: str = super().extra_repr()  # type: ignore[misc]
         return base + (f", mode={self.mode!r}" if self.mode != "inverted" else "")
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Apply channel dropout in training mode."""
+        return type(self)._functional(
+            input, self.p, self.training, self.inplace, mode=self.mode, generator=self.generator
+        )
 
 
 class Dropout1d(_SpatialMixin, nn.Dropout1d):
@@ -47,26 +72,7 @@ class Dropout1d(_SpatialMixin, nn.Dropout1d):
                 [0., 0.]])
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        mode: str = "inverted",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(check_p(p), inplace)
-        self._setup(mode, generator)
-
-    def extra_repr(self) -> str:
-        """``p`` and ``inplace`` as torch prints them, then a non-default ``mode``."""
-        return self._extra(super().extra_repr())
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Apply channel dropout in training mode."""
-        return F.dropout1d(
-            input, self.p, self.training, self.inplace, mode=self.mode, generator=self.generator
-        )
+    _functional = staticmethod(F.dropout1d)
 
 
 class Dropout2d(_SpatialMixin, nn.Dropout2d):
@@ -90,26 +96,7 @@ class Dropout2d(_SpatialMixin, nn.Dropout2d):
         tensor([0., 2., 0., 0.])
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        mode: str = "inverted",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(check_p(p), inplace)
-        self._setup(mode, generator)
-
-    def extra_repr(self) -> str:
-        """``p`` and ``inplace`` as torch prints them, then a non-default ``mode``."""
-        return self._extra(super().extra_repr())
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Apply channel dropout in training mode."""
-        return F.dropout2d(
-            input, self.p, self.training, self.inplace, mode=self.mode, generator=self.generator
-        )
+    _functional = staticmethod(F.dropout2d)
 
 
 class Dropout3d(_SpatialMixin, nn.Dropout3d):
@@ -133,23 +120,4 @@ class Dropout3d(_SpatialMixin, nn.Dropout3d):
         tensor([0., 2., 0., 0.])
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        mode: str = "inverted",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(check_p(p), inplace)
-        self._setup(mode, generator)
-
-    def extra_repr(self) -> str:
-        """``p`` and ``inplace`` as torch prints them, then a non-default ``mode``."""
-        return self._extra(super().extra_repr())
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Apply channel dropout in training mode."""
-        return F.dropout3d(
-            input, self.p, self.training, self.inplace, mode=self.mode, generator=self.generator
-        )
+    _functional = staticmethod(F.dropout3d)
