@@ -8,6 +8,8 @@ its own slice (which is what a DistributedSampler does with a real dataset).
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 from torch import Tensor, nn
 
@@ -63,3 +65,21 @@ def batch(step: int, size: int, vocab: int = 32, seq_len: int = 16) -> tuple[Ten
     for t in range(seq_len):
         x[:, t + 1] = (a[:, 0] * x[:, t] + b[:, 0]) % vocab
     return x[:, :-1], x[:, 1:]
+
+
+def rank_batch(step: int, size: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
+    """This rank's equal share of the global batch of ``step`` (``size`` divisible by ``world``)."""
+    x, y = batch(step, size)
+    per_rank = size // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    return x[mine], y[mine]
+
+
+def parse_args(description: str | None) -> argparse.Namespace:
+    """The command-line options both distributed examples take."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=32, help="global batch size")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--nan-step", type=int, default=-1, help="inject a NaN on rank 1 here")
+    return parser.parse_args()

@@ -11,7 +11,6 @@ shard at step K: every rank skips that step.
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 
@@ -20,18 +19,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.fsdp import fully_shard
 
-from _transformer import TinyLM, batch
+from _transformer import TinyLM, parse_args, rank_batch
 from traintech.clip import GuardedStep, ZClip
 from traintech.init import init_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=32, help="global batch size")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--nan-step", type=int, default=-1, help="inject a NaN on rank 1 here")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # The logits are a view (Linear on a 3-D input); we never modify them in place.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -50,11 +44,8 @@ def main() -> None:
     clipper = ZClip(warmup_steps=10)
     guard = GuardedStep(optimizer, clipper)
 
-    per_rank = args.batch // world
     for step in range(args.steps):
-        x, y = batch(step, args.batch)
-        mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        x, y = x[mine], y[mine]
+        x, y = rank_batch(step, args.batch, rank, world)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
