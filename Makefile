@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,demo,monitor]' $(TORCH)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,demo,monitor,integrations]' $(TORCH)
 	touch $(STAMP)
 
 lint: $(STAMP)
