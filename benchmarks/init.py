@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from traintech.init import init_model
-from traintech.init._graph import find_followers
+from traintech.init._followers import find_followers
 
 from _harness import Row, common_parser, print_table, set_threads, time_callable
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import traintech.init as ti
-from traintech.init import _trace
-from traintech.init._graph import find_followers
+from traintech.init import _followers as _trace
+from traintech.init._followers import find_followers
 
 
 class Block(nn.Module):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_gain, check_tensor
+from .._checks import check_tensor
+from ._fans_and_gain import check_gain
 
 __all__ = ["orthogonal_"]
 
@@ -48,7 +49,7 @@ def orthogonal_(
         >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6)
         True
     """
-    check_tensor(tensor)
+    check_tensor(tensor, "tensor")
     if tensor.dim() < 2:
         raise ValueError(
             "Only tensors with 2 or more dimensions are supported "

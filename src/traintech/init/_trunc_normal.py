@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_tensor
+from .._checks import check_positive, check_tensor
 
 __all__ = ["trunc_normal_"]
 
@@ -69,9 +69,8 @@ def trunc_normal_(
         >>> bool(w.min() >= -1.0 and w.max() <= 1.0)
         True
     """
-    check_tensor(tensor)
-    if not (math.isfinite(std) and std > 0):
-        raise ValueError(f"std ({std}) must be a finite number > 0")
+    check_tensor(tensor, "tensor")
+    std = check_positive(std, "std")
     if not a < b:
         raise ValueError(f"the bounds must satisfy a < b, got a={a}, b={b}")
     if tensor.is_meta or tensor.numel() == 0:

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_tensor
-from ._fans import correct_fan
+from .._checks import check_choice, check_positive, check_tensor
+from ._fans_and_gain import correct_fan
 from ._trunc_normal import trunc_normal_
 
 __all__ = [
@@ -25,20 +25,6 @@ TRUNCATED_STD = 0.87962566103423978
 
 #: The accepted ``distribution`` names.
 DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform")
-
-
-def _check_distribution(distribution: object) -> str:
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {list(DISTRIBUTIONS)}, got {distribution!r}")
-    return str(distribution)
-
-
-def _check_scale(scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a real number > 0, got {type(scale).__name__} {scale!r}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale ({scale}) must be a finite number > 0")
-    return float(scale)
 
 
 def variance_scaling_std(
@@ -95,9 +81,9 @@ def variance_scaling_(
         >>> round(w.var().item() * 450, 2)  # scale
         2.0
     """
-    check_tensor(tensor)
-    scale = _check_scale(scale)
-    distribution = _check_distribution(distribution)
+    check_tensor(tensor, "tensor")
+    scale = check_positive(scale, "scale")
+    distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     std = variance_scaling_std(tensor, scale, mode, module)
     if distribution == "truncated_normal":
         s = std / TRUNCATED_STD

@@ -1,12 +1,30 @@
-"""Fan-in and fan-out of a weight tensor, optionally exact for the layer that owns it."""
+"""Fans and gain: the two numbers every variance-scaling init is built from.
+
+``fan_in_and_fan_out`` counts the terms a layer sums (torch's convention, or exact for the layer
+that owns the weight, including ``transformers``' ``Conv1D`` whose weight is ``(in, out)``);
+``calculate_gain`` is the factor a nonlinearity asks for. ``check_gain`` is the family's check of
+a user ``gain``.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["correct_fan", "fan_in_and_fan_out"]
+from .._checks import check_nonneg
+from .._compat import CONV_ND_BASE
+
+__all__ = [
+    "LINEAR_NAMES",
+    "NONLINEARITIES",
+    "calculate_gain",
+    "check_gain",
+    "correct_fan",
+    "fan_in_and_fan_out",
+    "is_conv1d_transposed_layout",
+]
 
 _MODES = ("fan_in", "fan_out", "fan_avg")
 
@@ -73,8 +91,11 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
         )
     if module is None or isinstance(module, nn.Linear):
         return _torch_convention(tensor)
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, CONV_ND_BASE):
         return _conv_fans(tensor, module)
+    if is_conv1d_transposed_layout(module) and tensor is getattr(module, "weight", None):
+        # transformers' Conv1D: y = x @ W + b with W of shape (in, out) = (nx, nf)
+        return float(tensor.size(0)), float(tensor.size(1))
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return 1.0, float(tensor.size(1))
     if isinstance(module, nn.MultiheadAttention) and tensor is module.in_proj_weight:
@@ -82,7 +103,8 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
     return _torch_convention(tensor)
 
 
-def _conv_fans(tensor: Tensor, module: nn.modules.conv._ConvNd) -> tuple[float, float]:
+def _conv_fans(tensor: Tensor, layer: nn.Module) -> tuple[float, float]:
+    module: Any = layer  # a CONV_ND_BASE instance
     kernel = tuple(module.kernel_size)
     if tensor.dim() != len(kernel) + 2 or tuple(tensor.shape[2:]) != kernel:
         raise ValueError(
@@ -123,3 +145,106 @@ def correct_fan(
     if lowered == "fan_out":
         return fan_out
     return (fan_in + fan_out) / 2.0
+
+
+#: Names for which the layer itself is linear (gain 1), exactly as torch lists them.
+LINEAR_NAMES = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+)
+
+#: Every nonlinearity name ``calculate_gain`` accepts (the set torch 2.13 accepts).
+NONLINEARITIES = (*LINEAR_NAMES, "sigmoid", "tanh", "relu", "leaky_relu", "selu")
+
+
+def calculate_gain(nonlinearity: str, param: int | float | None = None) -> float:
+    r"""Return the recommended gain for a nonlinearity, as :func:`torch.nn.init.calculate_gain`.
+
+    The gain is the factor by which a layer's weight standard deviation is multiplied so that
+    the second moment of the signal is kept through the nonlinearity:
+
+    .. math::
+        \text{gain} = \begin{cases}
+            1 & \text{linear, conv, sigmoid} \\
+            5/3 & \tanh \\
+            \sqrt{2} & \text{ReLU} \\
+            \sqrt{2 / (1 + \text{negative\_slope}^2)} & \text{leaky ReLU} \\
+            3/4 & \text{SELU (empirical, as torch)}
+        \end{cases}
+
+    The ReLU value is He et al. 2015, https://arxiv.org/abs/1502.01852 . For SELU the
+    self-normalising fixed point (Klambauer et al. 2017, https://arxiv.org/abs/1706.02515) needs
+    gain 1 (``"linear"``), which is what :func:`lecun_normal_` gives; torch's 3/4 trades that for
+    gradient flow. The values, accepted names and errors are torch's own, so this is drop-in.
+
+    Args:
+        nonlinearity: one of ``linear``, ``conv1d``, ``conv2d``, ``conv3d``,
+            ``conv_transpose1d``, ``conv_transpose2d``, ``conv_transpose3d``, ``sigmoid``,
+            ``tanh``, ``relu``, ``leaky_relu``, ``selu``.
+        param: the negative slope for ``leaky_relu`` (default 0.01); ignored otherwise.
+
+    Returns:
+        The gain as a Python number.
+
+    Raises:
+        ValueError: ``Unsupported nonlinearity <name>`` for an unknown name, or
+            ``negative_slope <param> not a valid number`` for a non-numeric ``param``
+            (torch's messages).
+
+    Example:
+        >>> round(calculate_gain("leaky_relu", 0.2), 6)
+        1.38675
+        >>> calculate_gain("tanh")
+        1.6666666666666667
+    """
+    if nonlinearity in LINEAR_NAMES or nonlinearity == "sigmoid":
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        if param is None:
+            slope: float = 0.01
+        elif isinstance(param, (int, float)) and not isinstance(param, bool):
+            slope = param
+        else:
+            raise ValueError(f"negative_slope {param} not a valid number")
+        return math.sqrt(2.0 / (1 + slope**2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"Unsupported nonlinearity {nonlinearity}")
+
+
+def check_gain(value: object, name: str = "gain") -> float:
+    """``value`` as a float after checking it is a finite number >= 0.
+
+    Torch does not check ``gain``: a negative one makes ``uniform_``/``normal_`` fail with a
+    ``RuntimeError`` deep inside, or silently flips the sign of an orthogonal matrix.
+
+    Raises:
+        TypeError: if ``value`` is not a real number.
+        ValueError: if ``value`` is negative, NaN or infinite (the sign carries no meaning).
+    """
+    return check_nonneg(value, name, allow_inf=False)
+
+
+def is_conv1d_transposed_layout(module: object) -> bool:
+    """Whether ``module`` is a ``transformers``-style ``Conv1D``: a Linear, weight ``(in, out)``.
+
+    Recognised by duck-typing (no import of ``transformers``): class name ``Conv1D``, integer
+    attributes ``nf`` (out features) and ``nx`` (in features), and a 2-d weight of shape
+    ``(nx, nf)``. GPT-2's attention and MLP projections are such layers.
+    """
+    if type(module).__name__ != "Conv1D":
+        return False
+    nf, nx = getattr(module, "nf", None), getattr(module, "nx", None)
+    weight = getattr(module, "weight", None)
+    if not (isinstance(nf, int) and isinstance(nx, int) and isinstance(weight, Tensor)):
+        return False
+    return tuple(weight.shape) == (nx, nf)
