@@ -7,6 +7,7 @@ import pytest
 
 MODULES = [
     "_fans_and_gain",
+    "_fills",
     "_lsuv",
     "_model",
     "_orthogonal",

@@ -5,6 +5,7 @@ tensor, filled in place under ``no_grad``) and take ``generator=``. See ``docs/i
 """
 
 from ._fans_and_gain import calculate_gain, fan_in_and_fan_out
+from ._fills import constant_, dirac_, eye_, normal_, ones_, sparse_, uniform_, zeros_
 from ._lsuv import LSUVRecord, LSUVReport, lsuv_
 from ._model import init_model
 from ._orthogonal import orthogonal_
@@ -22,6 +23,9 @@ __all__ = [
     "LayerStats",
     "VarianceProfile",
     "calculate_gain",
+    "constant_",
+    "dirac_",
+    "eye_",
     "fan_in_and_fan_out",
     "init_model",
     "kaiming_normal_",
@@ -29,10 +33,15 @@ __all__ = [
     "lecun_normal_",
     "lecun_uniform_",
     "lsuv_",
+    "normal_",
+    "ones_",
     "orthogonal_",
+    "sparse_",
     "trunc_normal_",
+    "uniform_",
     "variance_profile",
     "variance_scaling_",
     "xavier_normal_",
     "xavier_uniform_",
+    "zeros_",
 ]
