@@ -286,6 +286,7 @@ def _order_fallback(model: nn.Module, modules: dict[str, nn.Module], result: Fol
         if isinstance(module, nn.MultiheadAttention):
             prefix = f"{name}." if name else ""
             known[prefix + "out_proj"] = Activation("none", 0.0, "attention output")
+        known.update(_two_layer_mlp(module, name))
     atoms = [
         (name, m)
         for name, m in modules.items()
@@ -311,10 +312,36 @@ def _order_fallback(model: nn.Module, modules: dict[str, nn.Module], result: Fol
             break
 
 
+_MLP_ACT_NAMES = ("act", "activation", "act_fn", "activation_fn")
+
+
+def _two_layer_mlp(module: nn.Module, name: str) -> dict[str, Activation]:
+    """An MLP block ``fc_out(act(fc_in(x)))`` read from its attributes, not registration order.
+
+    Hugging Face blocks (GPT-2's ``GPT2MLP``: ``c_fc``, ``c_proj``, ``act``) register both
+    projections before the activation, so module order would put the activation after the
+    second one. A module with exactly two direct weight-layer children and an activation child
+    (or function) named ``act``/``activation``/``act_fn``/``activation_fn`` is read as such a
+    block: the first projection feeds the activation, the second the residual add.
+    """
+    layers = [n for n, child in module.named_children() if is_weight_layer(child)]
+    act_name = next((a for a in _MLP_ACT_NAMES if getattr(module, a, None) is not None), None)
+    if len(layers) != 2 or act_name is None:
+        return {}
+    prefix = f"{name}." if name else ""
+    kind = _activation_of(getattr(module, act_name), prefix + act_name)
+    if kind.family == "none":
+        return {}
+    return {prefix + layers[0]: kind, prefix + layers[1]: Activation("none", 0.0, "MLP output")}
+
+
 def _transformer_activation(layer: nn.Module, name: str) -> Activation:
-    act = getattr(layer, "activation", None)
+    return _activation_of(getattr(layer, "activation", None), f"{name}.activation")
+
+
+def _activation_of(act: object, label: str) -> Activation:
     if isinstance(act, nn.Module):
-        kind = classify_module(act, f"{name}.activation")
+        kind = classify_module(act, label)
     else:
         kind = classify_function(act, (), {}) if act is not None else None
     if kind is None or kind.family == "transparent":
