@@ -37,7 +37,7 @@ def _torch_convention(tensor: Tensor) -> tuple[int, int]:
 def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple[float, float]:
     r"""Return ``(fan_in, fan_out)`` of a weight tensor.
 
-    Without ``module`` this is torch's convention (``torch.nn.init._calculate_fan_in_and_fan_out``),
+    Without ``module`` this is torch's convention (its private ``_calculate_fan_in_and_fan_out``),
     which reads the layout ``(out, in, *kernel)``:
 
     .. math::
@@ -56,6 +56,7 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
     Linear ``(out, in)``              ``in``                       ``out``
     Conv ``(out, in/g, *k)``          ``(in/g) K``                 ``(out/g) K / S``
     ConvTranspose ``(in, out/g, *k)`` ``(in/g) K / S``             ``(out/g) K``
+    ``Conv1D`` ``(in, out)`` [#]_     ``in``                       ``out``
     Embedding ``(num, dim)``          ``1`` (one row is read)      ``dim``
     MultiheadAttention in_proj        ``embed_dim``                ``embed_dim`` (per q/k/v)
     ================================  ===========================  ===========================
@@ -64,6 +65,10 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
     and for a transposed conv returns the fans of the forward conv it is the adjoint of (its
     ``fan_in`` is really the transposed layer's fan_out). Dilation and padding do not change
     the counts (borders aside). Other modules fall back to torch's convention.
+
+    .. [#] ``transformers``' ``Conv1D`` (GPT-2's projections), recognised by duck-typing: class
+       name ``Conv1D``, attributes ``nf``/``nx`` and weight shape ``(nx, nf)``. Torch's formula
+       reads its axes the wrong way round.
 
     Args:
         tensor: the weight, at least 2-dimensional.

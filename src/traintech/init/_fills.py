@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._checks import (
-    check_generator,
+    check_generator_device,
     check_nonneg,
     check_positive_int,
     check_tensor,
@@ -73,7 +73,7 @@ def uniform_(
     low, high = _finite(a, "a"), _finite(b, "b")
     if low > high:
         raise ValueError(f"uniform_ needs a <= b, got a={a!r}, b={b!r}")
-    check_generator(generator)
+    check_generator_device(generator, (tensor,))
     with torch.no_grad():
         return tensor.uniform_(low, high, generator=generator)
 
@@ -109,7 +109,7 @@ def normal_(
     check_tensor(tensor, "tensor")
     mu = _finite(mean, "mean")
     sigma = check_nonneg(std, "std", allow_inf=False)
-    check_generator(generator)
+    check_generator_device(generator, (tensor,))
     with torch.no_grad():
         return tensor.normal_(mu, sigma, generator=generator)
 
@@ -325,7 +325,7 @@ def sparse_(
     _check_dims(tensor, (2,), "Only tensors with 2 dimensions are supported")
     sparsity = check_unit_interval(sparsity, "sparsity")
     std = check_nonneg(std, "std", allow_inf=False)
-    check_generator(generator)
+    check_generator_device(generator, (tensor,))
     if tensor.is_meta:
         return tensor
     rows, cols = tensor.shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_tensor
+from .._checks import check_generator_device, check_tensor
 from ._fans_and_gain import check_gain
 
 __all__ = ["orthogonal_"]
@@ -50,6 +50,7 @@ def orthogonal_(
         True
     """
     check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     if tensor.dim() < 2:
         raise ValueError(
             "Only tensors with 2 or more dimensions are supported "

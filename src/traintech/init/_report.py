@@ -76,6 +76,8 @@ class InitReport:
         title = f"init_model: {len(self.records)} parameters, activations found by {self.method}"
         if not self.materialized:
             title += " (meta device: plan only, nothing written)"
+        if self.uncovered:
+            title += f"; no rule covers {len(self.uncovered)} (see .uncovered)"
         return title + "\n" + format_table(["parameter", "shape", "init", "std", "reason"], rows)
 
 

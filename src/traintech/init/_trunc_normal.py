@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_positive, check_tensor
+from .._checks import check_generator_device, check_positive, check_tensor
 
 __all__ = ["trunc_normal_"]
 
@@ -70,6 +70,7 @@ def trunc_normal_(
         True
     """
     check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     std = check_positive(std, "std")
     if not a < b:
         raise ValueError(f"the bounds must satisfy a < b, got a={a}, b={b}")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive, check_tensor
+from .._checks import check_choice, check_generator_device, check_positive, check_tensor
 from ._fans_and_gain import correct_fan
 from ._trunc_normal import trunc_normal_
 
@@ -82,6 +82,7 @@ def variance_scaling_(
         2.0
     """
     check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     scale = check_positive(scale, "scale")
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     std = variance_scaling_std(tensor, scale, mode, module)

@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_tensor
+from .._checks import check_generator_device, check_tensor
 from ._fans_and_gain import calculate_gain, check_gain, correct_fan, fan_in_and_fan_out
 
 __all__ = [
@@ -69,6 +69,7 @@ def xavier_uniform_(
         0.11
     """
     check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     check_gain(gain)
     std = xavier_std(tensor, gain, module)
     bound = math.sqrt(3.0) * std
@@ -109,6 +110,7 @@ def xavier_normal_(
         0.05
     """
     check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     check_gain(gain)
     std = xavier_std(tensor, gain, module)
     with torch.no_grad():
@@ -181,6 +183,7 @@ def kaiming_uniform_(
         2.0
     """
     check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     calculate_gain(nonlinearity, a)
     if _empty(tensor):
         return tensor
@@ -228,6 +231,7 @@ def kaiming_normal_(
         2.0
     """
     check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     calculate_gain(nonlinearity, a)
     if _empty(tensor):
         return tensor
