@@ -229,6 +229,25 @@ def test_a_tied_embedding_gets_the_output_layers_init_never_n01():
     assert model.wte.weight.abs().max().item() <= bound
 
 
+def test_a_tied_parameter_is_found_under_every_name():
+    model = TiedLM()
+    report = _quiet(lambda: ti.init_model(model, generator=_gen(2)))
+    assert report["wte.weight"] is report["lm_head.weight"]
+    assert report["lm_head.weight"].aliases == ("wte.weight",)
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [{nn.Embedding: "normal"}, {"wte": "normal"}, {"wte.weight": "normal"}],
+)
+def test_an_explicit_rule_for_the_embedding_side_of_a_tie_is_honoured(scheme):
+    model = TiedLM()
+    report = _quiet(lambda: ti.init_model(model, scheme, _gen(2)))
+    record = report["lm_head.weight"]
+    assert record.name == "wte.weight" and record.init == "normal(0, 1)"
+    assert model.wte.weight.std().item() == pytest.approx(1.0, rel=0.05)
+
+
 @pytest.mark.slow
 def test_gpt2_lm_head_tie_gets_the_output_init():
     transformers = pytest.importorskip("transformers")

@@ -58,13 +58,16 @@ def key_matches(key: SchemeKey, name: str, module: nn.Module | None = None) -> b
     return fnmatch.fnmatchcase(name, key)
 
 
-def owners(model: nn.Module) -> dict[int, tuple[str, str, list[str]]]:
+def owners(
+    model: nn.Module, rules: Mapping[SchemeKey, SchemeValue] | None = None
+) -> dict[int, tuple[str, str, list[str]]]:
     r"""For each parameter (by id): the module that plans it, its name there, and all its names.
 
     A parameter shared by several modules (tied weights: GPT-2's ``lm_head.weight is
-    wte.weight``) is planned by its first owner that is not an embedding, so the output
-    layer's init wins over the embedding's :math:`\mathcal{N}(0, 1)`; otherwise by its first
-    owner in module order.
+    wte.weight``) is planned by the first owner that a ``scheme`` key names (by the parameter's
+    name or the module's type or name), so an explicit rule is never overridden by the tie;
+    else by its first owner that is not an embedding, so the output layer's init wins over the
+    embedding's :math:`\mathcal{N}(0, 1)`; else by its first owner in module order.
     """
     found: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for name, module in model.named_modules():
@@ -72,8 +75,15 @@ def owners(model: nn.Module) -> dict[int, tuple[str, str, list[str]]]:
         for pname, param in module.named_parameters(recurse=False):
             found.setdefault(id(param), []).append((name, module, prefix + pname))
     out: dict[int, tuple[str, str, list[str]]] = {}
+    keys = list(rules or {})
     for pid, entries in found.items():
-        chosen = next((e for e in entries if not isinstance(e[1], _EMBEDDINGS)), entries[0])
+        named = [
+            e
+            for e in entries
+            if any(key_matches(k, e[0], e[1]) or _param_key(k, e[2], e[0]) for k in keys)
+        ]
+        plain = [e for e in entries if not isinstance(e[1], _EMBEDDINGS)]
+        chosen = (named or plain or entries)[0]
         out[pid] = (chosen[0], chosen[2], [e[2] for e in entries])
     return out
 
@@ -86,9 +96,9 @@ def plan(
     followers: Followers,
 ) -> list[Action]:
     """One :data:`Action` per parameter (and per norm layer's running statistics)."""
-    owner = owners(model)
-    actions: list[Action] = []
     rules = {} if isinstance(scheme, str) else scheme
+    owner = owners(model, rules)
+    actions: list[Action] = []
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         params: list[tuple[str, str, Tensor]] = []
@@ -141,7 +151,8 @@ def _mark_tied(
         if names:
             others = ", ".join(repr(n) for n in names if n != record.name)
             reason = f"{record.reason}; tied with {others} (planned once, by this module)"
-            record = InitRecord(record.name, record.shape, record.init, reason, record.std)
+            aliases = tuple(n for n in names if n != record.name)
+            record = InitRecord(record.name, record.shape, record.init, reason, record.std, aliases)
         out.append((record, run))
     return out
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -187,12 +188,11 @@ def add_residual_scale(
             scaled.append((record, run))
             continue
         std = None if record.std is None else record.std * factor
-        new = InitRecord(
-            record.name,
-            record.shape,
-            f"{record.init} x 1/sqrt({n})",
-            f"{record.reason}; residual branch output",
-            std,
+        new = replace(
+            record,
+            init=f"{record.init} x 1/sqrt({n})",
+            reason=f"{record.reason}; residual branch output",
+            std=std,
         )
         scaled.append((new, _then_scale(run, layer.weight, factor)))
     return scaled

@@ -24,6 +24,8 @@ class InitRecord:
             ``"untouched"``.
         reason: why, e.g. ``"followed by ReLU 'net.1' (fx graph)"``.
         std: the standard deviation the init targets (``None`` when not defined).
+        aliases: the other names of a tied parameter (``("wte.weight",)`` for GPT-2's
+            ``lm_head.weight``); the tensor is initialised once, under ``name``.
     """
 
     name: str
@@ -31,6 +33,7 @@ class InitRecord:
     init: str
     reason: str
     std: float | None = None
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,9 +65,9 @@ class InitReport:
         return len(self.records)
 
     def __getitem__(self, name: str) -> InitRecord:
-        """The record of the parameter called ``name``."""
+        """The record of the parameter called ``name`` (or tied to it under that name)."""
         for record in self.records:
-            if record.name == name:
+            if record.name == name or name in record.aliases:
                 return record
         raise KeyError(f"no parameter named {name!r} in the report")
 
