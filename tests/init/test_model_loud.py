@@ -88,6 +88,14 @@ def test_a_module_pattern_still_covers_the_modules_it_names():
     assert report["0.0.bias"].init == "zeros"  # a module key zeroes its biases
 
 
+def test_a_parameter_key_survives_its_modules_reset_parameters():
+    model = nn.Sequential(nn.Linear(4, 4))
+    report = _quiet(lambda: ti.init_model(model, {"0.bias": "ones", nn.Linear: "reset_parameters"}))
+    assert torch.equal(model[0].bias, torch.ones(4))
+    assert report["0.bias"].init == "ones"
+    assert report["0.weight"].init == "reset_parameters()"
+
+
 def test_reset_parameters_on_a_parameter_key_is_refused():
     with pytest.raises(ValueError, match="matches the parameter '0.weight'.*use a module key"):
         ti.init_model(_mlp(), {"0.weight": "reset_parameters"})

@@ -88,9 +88,9 @@ def init_model(
 
     Tied parameters (one tensor under several names, e.g. ``lm_head.weight = wte.weight``) are
     initialised once, by the owner that is not an embedding: the output layer's init, never
-    :math:`\mathcal{N}(0, 1)`. ``transformers``' ``Conv1D`` (weight ``(in, out)``) is a weight
-    layer with its fans read from the right axes (duck-typed: class name ``Conv1D``, ``nf``,
-    ``nx``).
+    :math:`\mathcal{N}(0, 1)` (a ``scheme`` key naming either side wins).
+    ``transformers``' ``Conv1D`` (weight ``(in, out)``) is a weight layer with its fans read
+    from the right axes (duck-typed: class name ``Conv1D``, ``nf``, ``nx``).
 
     Warnings (``UserWarning``): parameters that no rule covers (left untouched, or reset by
     their module's own ``reset_parameters()`` with the global RNG) are named, with the
@@ -175,7 +175,11 @@ def init_model(
         _INITIALISED.add(model)
     records = [r for r, _ in actions]
     buffers = [r for r in records if r.name.endswith("running_*")]
-    params = [r for r in records if not r.name.endswith("running_*")]
+    position = {n: i for i, (n, _) in enumerate(model.named_parameters(remove_duplicate=False))}
+    params = sorted(
+        (r for r in records if not r.name.endswith("running_*")),
+        key=lambda r: position.get(r.name, len(position)),
+    )
     uncovered = [r.name for r in params if UNCOVERED in r.reason]
     if uncovered:
         _warn_uncovered(model, params, uncovered)

@@ -125,7 +125,8 @@ def plan(
             planned = _plan_auto(module, name, rest, act, how, why, generator, distribution)
         else:
             planned = _plan_rule(module, rest, rule, act, generator, False)
-        actions += _mark_tied(by_param + planned, owner, params)
+        # parameter keys run last, so a module-wide reset_parameters() cannot undo them
+        actions += _mark_tied(planned + by_param, owner, params)
     return actions
 
 
