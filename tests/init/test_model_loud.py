@@ -305,3 +305,58 @@ def test_flag_arguments_are_checked(kwargs, match):
         ti.init_model(model, **kwargs)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+# --- reading blocks that register their activation last ----------------------------------------
+
+
+class HFStyleMLP(nn.Module):
+    """Registers both projections before the activation, as transformers' GPT2MLP does."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.c_fc = nn.Linear(16, 64)
+        self.c_proj = nn.Linear(64, 16)
+        self.act = act
+
+    def forward(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class NewGELUActivation(nn.Module):
+    """A parameter-free activation known only by its class name (as in transformers)."""
+
+    def forward(self, x):
+        return nn.functional.gelu(x, approximate="tanh")
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), NewGELUActivation(), nn.Tanh()])
+def test_module_order_reads_an_mlp_block_by_its_act_attribute(act):
+    model = HFStyleMLP(act)
+    report = _quiet(lambda: ti.init_model(model, generator=_gen(), use_fx=False))
+    fc, proj = report["c_fc.weight"], report["c_proj.weight"]
+    if isinstance(act, nn.Tanh):
+        assert fc.init == "xavier_uniform" and "Tanh" in fc.reason
+    else:
+        assert fc.init.startswith("kaiming_uniform") and fc.std == pytest.approx(math.sqrt(2 / 16))
+    assert proj.init == "xavier_uniform" and "MLP output" in proj.reason
+
+
+class WithRootParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.full((1, 8, 4), 5.0))
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x + self.pos_embed)
+
+
+def test_a_parameter_on_the_model_itself_is_warned_about_and_can_be_named():
+    with pytest.warns(UserWarning, match=r"pos_embed \(untouched"):
+        report = ti.init_model(WithRootParameter(), generator=_gen())
+    assert report.uncovered == ["pos_embed"]
+    model = WithRootParameter()
+    report = _quiet(lambda: ti.init_model(model, {"pos_embed": "trunc_normal"}, _gen()))
+    assert report["pos_embed"].init.startswith("trunc_normal")
+    assert model.pos_embed.abs().max().item() <= 0.04
