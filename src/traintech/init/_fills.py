@@ -61,8 +61,8 @@ def uniform_(
 
     Raises:
         TypeError: for a non-tensor ``tensor``, non-numeric bounds or a bad ``generator``.
-        ValueError: for a non-finite bound or ``a > b`` (torch: a ``RuntimeError`` from the
-            kernel).
+        ValueError: for a non-finite bound, ``a > b`` (torch: a ``RuntimeError`` from the
+            kernel), or a ``generator`` on another device type than ``tensor``.
 
     Example:
         >>> uniform_(torch.empty(2, 3), -1.0, 1.0, generator=torch.Generator().manual_seed(0))
@@ -98,8 +98,8 @@ def normal_(
     Raises:
         TypeError: for a non-tensor ``tensor``, non-numeric ``mean``/``std`` or a bad
             ``generator``.
-        ValueError: for a non-finite ``mean`` or a negative or non-finite ``std`` (torch: a
-            ``RuntimeError`` from the kernel).
+        ValueError: for a non-finite ``mean``, a negative or non-finite ``std`` (torch: a
+            ``RuntimeError`` from the kernel), or a ``generator`` on another device type.
 
     Example:
         >>> normal_(torch.empty(2, 3), 0.0, 0.1, generator=torch.Generator().manual_seed(0))
@@ -313,8 +313,8 @@ def sparse_(
     Raises:
         TypeError: for a non-tensor ``tensor``, non-numeric ``sparsity``/``std`` or a bad
             ``generator``.
-        ValueError: if ``tensor`` is not 2-dimensional, ``sparsity`` is outside ``[0, 1]`` or
-            ``std`` is negative or not finite.
+        ValueError: if ``tensor`` is not 2-dimensional, ``sparsity`` is outside ``[0, 1]``,
+            ``std`` is negative or not finite, or ``generator`` is on another device type.
 
     Example:
         >>> w = sparse_(torch.empty(4, 3), 0.5, generator=torch.Generator().manual_seed(0))
