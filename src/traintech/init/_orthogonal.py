@@ -42,7 +42,10 @@ def orthogonal_(
         ``tensor``, filled under ``torch.no_grad()``; zero-element and meta tensors untouched.
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for fewer than 2 dimensions or a negative ``gain``.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = orthogonal_(torch.empty(3, 5), generator=torch.Generator().manual_seed(0))

@@ -72,8 +72,11 @@ def variance_scaling_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for ``scale <= 0``, an unknown ``mode`` or ``distribution``, or fewer than
             2 dimensions.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = variance_scaling_(torch.empty(500, 400), scale=2.0, mode="fan_avg",
@@ -121,7 +124,10 @@ def lecun_normal_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for fewer than 2 dimensions.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = lecun_normal_(torch.empty(400, 300), generator=torch.Generator().manual_seed(0))
@@ -155,7 +161,10 @@ def lecun_uniform_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for fewer than 2 dimensions.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = lecun_uniform_(torch.empty(400, 300), generator=torch.Generator().manual_seed(0))

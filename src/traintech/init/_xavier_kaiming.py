@@ -61,7 +61,10 @@ def xavier_uniform_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for fewer than 2 dimensions or a negative ``gain``.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = xavier_uniform_(torch.empty(300, 200), generator=torch.Generator().manual_seed(0))
@@ -102,7 +105,10 @@ def xavier_normal_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for fewer than 2 dimensions or a negative ``gain``.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = xavier_normal_(torch.empty(400, 400), generator=torch.Generator().manual_seed(0))
@@ -174,7 +180,10 @@ def kaiming_uniform_(
         ``tensor``, filled under ``torch.no_grad()`` (zero-element tensors: warned, untouched).
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for an unknown ``mode`` or ``nonlinearity``, or fewer than 2 dimensions.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = kaiming_uniform_(torch.empty(256, 512), nonlinearity="relu",
@@ -222,7 +231,10 @@ def kaiming_normal_(
         ``tensor``, filled under ``torch.no_grad()`` (zero-element tensors: warned, untouched).
 
     Raises:
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
         ValueError: for an unknown ``mode`` or ``nonlinearity``, or fewer than 2 dimensions.
+        ValueError: if ``generator`` is on another device type than ``tensor``.
 
     Example:
         >>> w = kaiming_normal_(torch.empty(256, 512), mode="fan_out", nonlinearity="relu",
