@@ -141,6 +141,12 @@ def test_dirac_equals_the_formula_and_torch(shape, groups):
     torch.testing.assert_close(a, nn.init.dirac_(torch.empty(shape), groups), rtol=0, atol=0)
 
 
+def test_dirac_accepts_numpy_integer_groups_as_torch_does():
+    np = pytest.importorskip("numpy")
+    got = ti.dirac_(torch.empty(4, 4, 3), np.int64(2))
+    torch.testing.assert_close(got, nn.init.dirac_(torch.empty(4, 4, 3), 2), rtol=0, atol=0)
+
+
 def test_dirac_conv_passes_its_input_through():
     conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
     ti.dirac_(conv.weight)

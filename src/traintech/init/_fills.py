@@ -13,7 +13,7 @@ even when a generator is given).
 from __future__ import annotations
 
 import math
-from numbers import Number, Real
+from numbers import Integral, Number, Real
 
 import torch
 from torch import Tensor
@@ -259,6 +259,8 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     """
     check_tensor(tensor, "tensor")
     _check_dims(tensor, (3, 4, 5), "Only tensors with 3, 4, or 5 dimensions are supported")
+    if isinstance(groups, Integral) and not isinstance(groups, bool):
+        groups = int(groups)  # numpy integers, as torch accepts them
     groups = check_positive_int(groups, "groups")
     if tensor.size(0) % groups != 0:
         raise ValueError(
