@@ -360,3 +360,30 @@ def test_a_parameter_on_the_model_itself_is_warned_about_and_can_be_named():
     report = _quiet(lambda: ti.init_model(model, {"pos_embed": "trunc_normal"}, _gen()))
     assert report["pos_embed"].init.startswith("trunc_normal")
     assert model.pos_embed.abs().max().item() <= 0.04
+
+
+@pytest.mark.parametrize(
+    ("class_name", "family"),
+    [
+        ("GELUActivation", "relu"),
+        ("NewGELUActivation", "relu"),
+        ("QuickGELUActivation", "relu"),
+        ("SiLUActivation", "relu"),
+        ("ReLUSquaredActivation", "relu"),
+        ("ClassInstantier", None),
+    ],
+)
+def test_parameter_free_activations_of_other_libraries_are_known_by_class_name(class_name, family):
+    from traintech.init._activations import classify_module
+
+    module = type(class_name, (nn.Module,), {"forward": lambda self, x: x})()
+    found = classify_module(module, "act")
+    assert (found.family if found is not None else None) == family
+
+
+def test_a_module_named_like_an_activation_but_with_parameters_is_not_one():
+    from traintech.init._activations import classify_module
+
+    gated = type("GELUGate", (nn.Module,), {})()
+    gated.proj = nn.Linear(2, 2)
+    assert classify_module(gated, "gate") is None
