@@ -44,8 +44,8 @@ def orthogonal_(
     Raises:
         TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
             ``torch.Generator`` (nor None).
-        ValueError: for fewer than 2 dimensions or a negative ``gain``.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        ValueError: for fewer than 2 dimensions or a negative ``gain``; or a ``generator``
+            on another device type than ``tensor``.
 
     Example:
         >>> w = orthogonal_(torch.empty(3, 5), generator=torch.Generator().manual_seed(0))

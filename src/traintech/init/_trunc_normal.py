@@ -60,11 +60,10 @@ def trunc_normal_(
         ``tensor``, filled under ``torch.no_grad()``; meta tensors untouched.
 
     Raises:
-        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
-            ``torch.Generator`` (nor None).
+        TypeError: for a non-tensor ``tensor``, a non-numeric ``std`` or a ``generator``
+            that is not a ``torch.Generator`` (nor None).
         ValueError: if ``std <= 0`` or ``a >= b`` (torch fails with a ZeroDivisionError or a
-            RuntimeError there).
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+            RuntimeError there), or a ``generator`` on another device type than ``tensor``.
 
     Example:
         >>> w = trunc_normal_(torch.empty(10_000), std=1.0, a=-1.0, b=1.0,

@@ -72,11 +72,10 @@ def variance_scaling_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
-        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
-            ``torch.Generator`` (nor None).
-        ValueError: for ``scale <= 0``, an unknown ``mode`` or ``distribution``, or fewer than
-            2 dimensions.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        TypeError: for a non-tensor ``tensor``, a non-numeric ``scale`` or a ``generator``
+            that is not a ``torch.Generator`` (nor None).
+        ValueError: for ``scale <= 0``, an unknown ``mode`` or ``distribution``, fewer than
+            2 dimensions, or a ``generator`` on another device type than ``tensor``.
 
     Example:
         >>> w = variance_scaling_(torch.empty(500, 400), scale=2.0, mode="fan_avg",
@@ -126,8 +125,8 @@ def lecun_normal_(
     Raises:
         TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
             ``torch.Generator`` (nor None).
-        ValueError: for fewer than 2 dimensions.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        ValueError: for fewer than 2 dimensions, or a ``generator`` on another device type
+            than ``tensor``.
 
     Example:
         >>> w = lecun_normal_(torch.empty(400, 300), generator=torch.Generator().manual_seed(0))
@@ -163,8 +162,8 @@ def lecun_uniform_(
     Raises:
         TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
             ``torch.Generator`` (nor None).
-        ValueError: for fewer than 2 dimensions.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        ValueError: for fewer than 2 dimensions, or a ``generator`` on another device type
+            than ``tensor``.
 
     Example:
         >>> w = lecun_uniform_(torch.empty(400, 300), generator=torch.Generator().manual_seed(0))

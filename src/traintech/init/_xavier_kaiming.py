@@ -63,8 +63,8 @@ def xavier_uniform_(
     Raises:
         TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
             ``torch.Generator`` (nor None).
-        ValueError: for fewer than 2 dimensions or a negative ``gain``.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        ValueError: for fewer than 2 dimensions or a negative ``gain``; or a ``generator``
+            on another device type than ``tensor``.
 
     Example:
         >>> w = xavier_uniform_(torch.empty(300, 200), generator=torch.Generator().manual_seed(0))
@@ -107,8 +107,8 @@ def xavier_normal_(
     Raises:
         TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
             ``torch.Generator`` (nor None).
-        ValueError: for fewer than 2 dimensions or a negative ``gain``.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        ValueError: for fewer than 2 dimensions or a negative ``gain``; or a ``generator``
+            on another device type than ``tensor``.
 
     Example:
         >>> w = xavier_normal_(torch.empty(400, 400), generator=torch.Generator().manual_seed(0))
@@ -182,8 +182,8 @@ def kaiming_uniform_(
     Raises:
         TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
             ``torch.Generator`` (nor None).
-        ValueError: for an unknown ``mode`` or ``nonlinearity``, or fewer than 2 dimensions.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        ValueError: for an unknown ``mode`` or ``nonlinearity``, fewer than 2 dimensions, or a
+            ``generator`` on another device type than ``tensor``.
 
     Example:
         >>> w = kaiming_uniform_(torch.empty(256, 512), nonlinearity="relu",
@@ -233,8 +233,8 @@ def kaiming_normal_(
     Raises:
         TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
             ``torch.Generator`` (nor None).
-        ValueError: for an unknown ``mode`` or ``nonlinearity``, or fewer than 2 dimensions.
-        ValueError: if ``generator`` is on another device type than ``tensor``.
+        ValueError: for an unknown ``mode`` or ``nonlinearity``, fewer than 2 dimensions, or a
+            ``generator`` on another device type than ``tensor``.
 
     Example:
         >>> w = kaiming_normal_(torch.empty(256, 512), mode="fan_out", nonlinearity="relu",
