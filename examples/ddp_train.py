@@ -33,7 +33,8 @@ def main() -> None:
 
     torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = TinyLM()
-    init_model(model, generator=torch.Generator().manual_seed(0))
+    # the learned positions keep their zero start (TinyLM sets it)
+    init_model(model, {"pos": "skip"}, generator=torch.Generator().manual_seed(0))
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=args.lr, weight_decay=0.01)
     guard = GuardedStep(optimizer, ZClip(warmup_steps=10))

@@ -10,6 +10,7 @@ value received and what is allowed. Family-specific checks (a dropout ``mode``, 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from numbers import Real
 from typing import Any
 
@@ -124,4 +125,27 @@ def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
     """
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_generator_device(
+    value: Any, tensors: Iterable[Tensor], name: str = "generator"
+) -> torch.Generator | None:
+    """``value`` after checking it is None or a ``torch.Generator`` that can fill ``tensors``.
+
+    A generator samples on its own device type only; meta tensors accept any generator.
+
+    Raises:
+        TypeError: if ``value`` is neither None nor a ``torch.Generator``.
+        ValueError: if a (non-meta) tensor lives on another device type than ``value``.
+    """
+    check_generator(value, name)
+    if value is None:
+        return None
+    for t in tensors:
+        if t.device.type not in ("meta", value.device.type):
+            raise ValueError(
+                f"{name} is on {value.device} but the tensors to fill are on {t.device}; "
+                f"pass torch.Generator(device={t.device.type!r})"
+            )
     return value

@@ -116,3 +116,20 @@ def scaler_scale(scaler: torch.amp.GradScaler) -> Tensor:
         # First use of a lazily initialised scaler: scale() has not run yet.
         return torch.tensor(scaler.get_scale(), dtype=torch.float32)
     return scale.reshape(())
+
+
+# --- torch.nn's private module base classes, for isinstance checks (used by traintech.init) ---
+
+#: Base of every ``nn.ConvNd`` and ``nn.ConvTransposeNd`` (``kernel_size``, ``stride``,
+#: ``groups``, ``transposed``).
+CONV_ND_BASE: type[torch.nn.Module] = torch.nn.modules.conv._ConvNd
+#: Base of ``BatchNorm*``, ``InstanceNorm*`` and ``SyncBatchNorm``.
+NORM_BASE: type[torch.nn.Module] = torch.nn.modules.batchnorm._NormBase
+#: Base of ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout``.
+DROPOUT_BASE: type[torch.nn.Module] = torch.nn.modules.dropout._DropoutNd
+#: Bases of the constant, reflection and replication padding modules.
+PADDING_BASES: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.modules.padding._ConstantPadNd,
+    torch.nn.modules.padding._ReflectionPadNd,
+    torch.nn.modules.padding._ReplicationPadNd,
+)

@@ -6,16 +6,15 @@ import importlib
 import pytest
 
 MODULES = [
-    "_fans",
-    "_gain",
-    "_kaiming",
+    "_fans_and_gain",
+    "_fills",
     "_lsuv",
     "_model",
     "_orthogonal",
     "_profile",
     "_trunc_normal",
     "_variance_scaling",
-    "_xavier",
+    "_xavier_kaiming",
 ]
 
 

@@ -26,6 +26,10 @@ CASES = [
     (lambda t: ti.trunc_normal_(t, std=0.0), ValueError, "std"),
     (lambda t: ti.trunc_normal_(t, a=1.0, b=1.0), ValueError, "a < b"),
     (lambda t: ti.xavier_uniform_([[1.0]]), TypeError, "tensor must be a torch.Tensor"),
+    (lambda t: ti.kaiming_uniform_(t, generator=3), TypeError, "generator must be a torch.Gen"),
+    (lambda t: ti.orthogonal_(t, generator="g"), TypeError, "generator must be a torch.Gen"),
+    (lambda t: ti.trunc_normal_(t, std="1"), TypeError, "std must be a finite number > 0"),
+    (lambda t: ti.variance_scaling_(t, generator=1), TypeError, "generator must be a torch"),
 ]
 
 

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import traintech.init as ti
-from traintech.init import _trace
-from traintech.init._graph import find_followers
+from traintech.init import _followers
 
 
 class Block(nn.Module):
@@ -50,8 +49,8 @@ class Net(nn.Module):
 
 
 def _without_dedupe(monkeypatch, model):
-    monkeypatch.setattr(_trace, "_repeated_blocks", lambda root: {})
-    return find_followers(model)
+    monkeypatch.setattr(_followers, "_repeated_blocks", lambda root: {})
+    return _followers.find_followers(model)
 
 
 @pytest.mark.parametrize(
@@ -65,8 +64,8 @@ def _without_dedupe(monkeypatch, model):
 )
 def test_tracing_repeated_blocks_once_gives_the_full_trace_result(blocks, monkeypatch):
     model = Net(blocks())
-    assert len(_trace._repeated_blocks(model)) >= 2
-    fast = find_followers(model)
+    assert len(_followers._repeated_blocks(model)) >= 2
+    fast = _followers.find_followers(model)
     full = _without_dedupe(monkeypatch, model)
     assert fast.method == full.method == "fx"
     assert fast.activation == full.activation
@@ -75,7 +74,7 @@ def test_tracing_repeated_blocks_once_gives_the_full_trace_result(blocks, monkey
 
 def test_blocks_that_differ_in_configuration_are_traced_separately():
     model = Net([Block(), Block(), Block(act=False)])
-    assert _trace._repeated_blocks(model) != {}
+    assert _followers._repeated_blocks(model) != {}
     report = ti.init_model(model)
     assert report["blocks.0.fc1.weight"].init.startswith("kaiming")
     assert report["blocks.1.fc1.weight"].init.startswith("kaiming")
@@ -87,12 +86,12 @@ def test_blocks_that_differ_in_configuration_are_traced_separately():
 
 def test_preactivation_blocks_see_their_input_activation():
     model = Net([PreAct(), PreAct()])
-    followers = find_followers(model)
+    followers = _followers.find_followers(model)
     # stem feeds leaky_relu inside block 0 and, through the residual stream, the final relu
     assert followers.activation["stem"].family == "none"
     assert "mixed consumers" in followers.activation["stem"].source
     single = nn.Sequential(nn.Linear(16, 16), PreAct(), PreAct())
-    assert find_followers(single).activation["0"].family == "none"
+    assert _followers.find_followers(single).activation["0"].family == "none"
 
 
 def test_repeated_untraceable_blocks_fall_back_to_module_order():
@@ -108,7 +107,7 @@ def test_repeated_untraceable_blocks_fall_back_to_module_order():
             return x
 
     model = nn.Sequential(Untraceable(), Untraceable())
-    followers = find_followers(model)
+    followers = _followers.find_followers(model)
     assert followers.method == "fx"
     assert followers.how["0.fc"] == "module order"
     assert followers.activation["1.fc"].family == "tanh"
@@ -126,7 +125,7 @@ def test_blocks_configured_by_a_dict_are_not_merged():
             return torch.tanh(h) if self.cfg["act"] == "tanh" else F.relu(h)
 
     model = nn.Sequential(Configured("tanh"), Configured("relu"), Configured("relu"))
-    followers = find_followers(model)
+    followers = _followers.find_followers(model)
     assert [followers.activation[f"{i}.fc"].family for i in range(3)] == ["tanh", "relu", "relu"]
 
 
@@ -139,6 +138,6 @@ def test_math_on_traced_values_still_traces():
         def forward(self, x):
             return F.relu(self.fc(x) / math.sqrt(x.size(-1)))
 
-    followers = find_followers(nn.Sequential(Scaled(), Scaled()))
+    followers = _followers.find_followers(nn.Sequential(Scaled(), Scaled()))
     assert followers.method == "fx"
     assert followers.activation["0.fc"].family == "relu"

@@ -27,6 +27,8 @@ from typing import Any
 
 from torch import nn
 
+from .._compat import DROPOUT_BASE, NORM_BASE, PADDING_BASES
+
 __all__ = ["Activation", "classify_function", "classify_module", "is_norm_module"]
 
 _RELU = {
@@ -100,6 +102,9 @@ _TRANSPARENT = {
 }
 _TRANSPARENT_PATTERN = re.compile(r"dropout|drop_path|droppath|dropblock|pool")
 _NORM_NAME = re.compile(r"Norm(\d[dD])?$")
+#: Activation modules from other libraries, by class name (``transformers``' ``NewGELUActivation``,
+#: ``GELUActivation``, ``SiLUActivation``, timm's ``GELUTanh``...): ReLU family.
+_RELU_NAME = re.compile(r"^(new|fast|quick|accurate)?(gelu|silu|swish|mish|relu)", re.IGNORECASE)
 
 _RELU_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -121,10 +126,8 @@ _TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Upsample,
     nn.PixelShuffle,
     nn.ChannelShuffle,
-    nn.modules.dropout._DropoutNd,
-    nn.modules.padding._ConstantPadNd,
-    nn.modules.padding._ReflectionPadNd,
-    nn.modules.padding._ReplicationPadNd,
+    DROPOUT_BASE,
+    *PADDING_BASES,
 )
 
 
@@ -146,7 +149,7 @@ class Activation:
 def is_norm_module(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer (torch's, or any class named ``*Norm*``)."""
     norm_types = (
-        nn.modules.batchnorm._NormBase,
+        NORM_BASE,
         nn.LayerNorm,
         nn.GroupNorm,
         nn.RMSNorm,
@@ -177,6 +180,8 @@ def classify_module(module: nn.Module, name: str) -> Activation | None:
     lowered = type(module).__name__.lower()
     if _TRANSPARENT_PATTERN.search(lowered):
         return Activation("transparent", 0.0, label)
+    if _RELU_NAME.match(lowered) and not any(True for _ in module.parameters()):
+        return Activation("relu", 0.0, label)
     return None
 
 

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._batch import call_model, check_batch, first_tensor
-from ._checks import check_generator_device
-from ._graph import is_weight_layer
+from .._checks import check_generator_device, check_positive, check_positive_int
+from ._followers import is_weight_layer
 from ._orthogonal import orthogonal_
-from ._table import fmt_float, format_table
+from ._profile import call_model, check_batch, first_tensor
+from ._report import fmt_float, format_table
 
 __all__ = ["LSUVRecord", "LSUVReport", "lsuv_"]
 
@@ -126,12 +126,9 @@ def lsuv_(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_batch(batch)
     check_generator_device(generator, list(model.parameters()))
-    if not (math.isfinite(target_var) and target_var > 0):
-        raise ValueError(f"target_var ({target_var}) must be a finite number > 0")
-    if not (math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol ({tol}) must be a finite number > 0")
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+    target_var = check_positive(target_var, "target_var")
+    tol = check_positive(tol, "tol")
+    max_iters = check_positive_int(max_iters, "max_iters")
     modes = {m: m.training for m in model.modules()}
     report = LSUVReport(target_var=target_var, tol=tol)
     try:

@@ -1,37 +1,35 @@
-"""Whole-model initialisation: the init of each layer chosen from the activation after it."""
+"""``init_model``: initialise a whole model, each parameter by the rule that covers it.
+
+The entry point checks every argument before anything is written, plans (:mod:`._plan`),
+applies the plan, and says loudly what it could not do: a ``scheme`` key that matches nothing
+is an error, parameters that no rule covers and repeated calls are warned about.
+"""
 
 from __future__ import annotations
 
-import fnmatch
+import difflib
 import re
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+import warnings
+import weakref
+from collections.abc import Iterable, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ._activations import Activation, is_norm_module
-from ._checks import check_generator_device
-from ._graph import Followers, find_followers, is_weight_layer
-from ._recurrent import Action, is_recurrent, plan_recurrent
-from ._report import InitRecord, InitReport
-from ._residual import add_residual_scale, resolve_residual
-from ._rules import FAN_INITS, NAMED_INITS, choose_weight_init, named_init, wrap_callable
-from ._thunks import apply_fill, embedding_normal, noop, zero
-from ._thunks import fill as fill_value
-from ._xavier import xavier_normal_, xavier_std, xavier_uniform_
+from .._checks import check_bool, check_choice, check_generator_device, check_positive_int
+from ._followers import find_followers, is_weight_layer
+from ._plan import UNCOVERED, SchemeKey, SchemeValue, key_matches, plan
+from ._recipes import add_residual_scale, resolve_residual
+from ._report import InitReport
+from ._rules import NAMED_INITS
 
 __all__ = ["init_model"]
 
-SchemeKey = Union[str, type]  # noqa: UP007 (runtime alias on Python 3.10)
-SchemeValue = Union[str, Callable[..., Any]]  # noqa: UP007
 _SPECIAL = ("auto", "skip", "reset_parameters")
 _DISTRIBUTIONS = ("uniform", "normal")
-_WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.modules.conv._ConvNd,
-)
+
+#: Models this process initialised (weakly held, so models are not kept alive).
+_INITIALISED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def init_model(
@@ -43,6 +41,7 @@ def init_model(
     num_residual: int | None = None,
     distribution: str = "uniform",
     use_fx: bool = True,
+    warn_repeat: bool = True,
 ) -> InitReport:
     r"""Initialise every parameter of ``model`` in place, choosing each init from the graph.
 
@@ -78,11 +77,26 @@ def init_model(
     A mapping ``scheme`` gives control: keys are module types (``isinstance``) or name
     patterns (``fnmatch`` on the qualified module name, or a regular expression prefixed
     ``"re:"``, full match); the first matching key wins, unmatched modules use ``"auto"``.
+    A name pattern that matches a parameter's qualified name (``"head.weight"``) covers that
+    parameter alone and takes precedence over its module's key. A key that matches no module
+    and no parameter is an error (with the closest names), never silently ignored.
     Values are ``"auto"``, ``"skip"``, ``"reset_parameters"``, a name from
     ``kaiming_uniform, kaiming_normal, xavier_uniform, xavier_normal, lecun_uniform,
     lecun_normal, orthogonal, normal, trunc_normal, zeros, ones`` or a callable
     ``fn(tensor[, generator=])``; a name or callable fills every non-bias parameter of the
     module and zeroes its biases.
+
+    Tied parameters (one tensor under several names, e.g. ``lm_head.weight = wte.weight``) are
+    initialised once, by the owner that is not an embedding: the output layer's init, never
+    :math:`\mathcal{N}(0, 1)` (a ``scheme`` key naming either side wins).
+    ``transformers``' ``Conv1D`` (weight ``(in, out)``) is a weight layer with its fans read
+    from the right axes (duck-typed: class name ``Conv1D``, ``nf``, ``nx``).
+
+    Warnings (``UserWarning``): parameters that no rule covers (left untouched, or reset by
+    their module's own ``reset_parameters()`` with the global RNG) are named, with the
+    ``scheme`` entry that would cover them, and marked in the report (``report.uncovered``);
+    a second call on a model this function already initialised warns (frameworks call setup
+    hooks repeatedly, re-drawing every weight) unless ``warn_repeat=False``.
 
     Meta device: on a meta model nothing is written and the report (``materialized=False``) is
     the plan. Materialise with ``model.to_empty(device="cpu")`` (storage uninitialised) and call
@@ -100,38 +114,117 @@ def init_model(
         num_residual: ``N`` of the :math:`1/\sqrt N` scale (default: number of branches found).
         distribution: ``"uniform"`` (default, as torch's defaults) or ``"normal"``.
         use_fx: trace with torch.fx (default); False uses module order only.
+        warn_repeat: warn when ``model`` was already initialised by ``init_model`` (default);
+            False when re-initialising on purpose.
 
     Returns:
         An :class:`InitReport`: per parameter, the init applied, the target std and the reason.
 
     Raises:
         TypeError: for a non-module ``model``, a bad ``generator``, or a bad ``scheme`` key/value.
-        ValueError: for an unknown ``scheme``/``distribution`` name, a ``residual`` entry that
-            matches no module, ``num_residual < 1``, or a fan-based init on a 1-d parameter.
+        ValueError: for an unknown ``scheme``/``distribution`` name, a ``scheme`` key or
+            ``residual`` entry that matches nothing, ``num_residual < 1``, or a fan-based init
+            on a 1-d parameter.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> report = init_model(net, generator=torch.Generator().manual_seed(0))
         >>> [r.init for r in report]
         ['kaiming_uniform(a=0, fan_in, relu)', 'zeros', 'xavier_uniform', 'zeros']
+        >>> init_model(net, {"2.weight": "zeros"}, warn_repeat=False)["2.weight"].init
+        'zeros'
+        >>> init_model(net, {"2.wieght": "zeros"})
+        Traceback (most recent call last):
+        ...
+        ValueError: scheme key '2.wieght' matches no module or parameter of Sequential; ...
     """
     _validate(model, scheme, generator, distribution, num_residual)
+    check_bool(use_fx, "use_fx")
+    check_bool(warn_repeat, "warn_repeat")
     if isinstance(scheme, str) and scheme != "auto":
-        scheme = {layer: scheme for layer in _WEIGHT_LAYER_TYPES}
+        layers = {type(m) for m in model.modules() if is_weight_layer(m)}
+        if not layers:
+            raise ValueError(
+                f"scheme={scheme!r} applies to Linear/Conv/Bilinear/Conv1D weights, but "
+                f"{type(model).__name__} has none; use a mapping such as "
+                f"{{nn.Embedding: {scheme!r}}} to name the modules it should cover"
+            )
+        scheme = {layer: scheme for layer in sorted(layers, key=lambda t: t.__name__)}
+    elif isinstance(scheme, Mapping):
+        _check_keys_match(model, scheme)
     followers = find_followers(model, use_fx=use_fx)
     outputs = resolve_residual(model, residual, followers)
     if num_residual is None:
         num_residual = len(outputs)
-    actions = _plan(model, scheme, generator, distribution, followers)
+    actions = plan(model, scheme, generator, distribution, followers)
     if outputs:
         actions = add_residual_scale(actions, model, outputs, num_residual)
+    if warn_repeat and model in _INITIALISED:
+        warnings.warn(
+            f"init_model was already called on this {type(model).__name__} (id {id(model):#x}); "
+            f"calling it again re-draws every weight, discarding the first init and anything "
+            f"trained or loaded since (frameworks call setup hooks more than once). Call it "
+            f"once, e.g. guarded by a flag, or pass warn_repeat=False to re-initialise on purpose",
+            UserWarning,
+            stacklevel=2,
+        )
     for _, run in actions:
         run()
     materialized = not any(t.is_meta for t in model.parameters())
+    if materialized:
+        _INITIALISED.add(model)
     records = [r for r, _ in actions]
     buffers = [r for r in records if r.name.endswith("running_*")]
-    params = [r for r in records if not r.name.endswith("running_*")]
-    return InitReport(params, followers.method, materialized, buffers)
+    position = {n: i for i, (n, _) in enumerate(model.named_parameters(remove_duplicate=False))}
+    params = sorted(
+        (r for r in records if not r.name.endswith("running_*")),
+        key=lambda r: position.get(r.name, len(position)),
+    )
+    uncovered = [r.name for r in params if UNCOVERED in r.reason]
+    if uncovered:
+        _warn_uncovered(model, params, uncovered)
+    return InitReport(params, followers.method, materialized, buffers, uncovered)
+
+
+def _warn_uncovered(model: nn.Module, params: list, uncovered: list[str]) -> None:
+    by_name = {r.name: r for r in params}
+    listed = "; ".join(f"{n} ({by_name[n].init}: {by_name[n].reason})" for n in uncovered[:8])
+    more = f" and {len(uncovered) - 8} more" if len(uncovered) > 8 else ""
+    first = uncovered[0]
+    warnings.warn(
+        f"init_model: no rule covers {len(uncovered)} parameter(s) of "
+        f"{type(model).__name__}: {listed}{more}. Give each a rule in the scheme mapping, "
+        f"e.g. init_model(model, {{{first!r}: 'normal'}}) for one parameter, a module type or "
+        f"name pattern as key for a whole module ('skip' to keep it as it is, "
+        f"'reset_parameters' to use its own reset); see report.uncovered",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _check_keys_match(model: nn.Module, scheme: Mapping[SchemeKey, SchemeValue]) -> None:
+    modules = dict(model.named_modules())
+    names = [n for n in modules if n] + [
+        n for n, _ in model.named_parameters(remove_duplicate=False)
+    ]
+    for key in scheme:
+        if isinstance(key, type):
+            if any(isinstance(m, key) for m in modules.values()):
+                continue
+            kinds = sorted({type(m).__name__ for m in modules.values()})
+            close = difflib.get_close_matches(key.__name__, kinds, n=3, cutoff=0.5)
+            raise ValueError(
+                f"scheme key {key.__name__} matches no module of {type(model).__name__}; "
+                f"close matches: {close}; module types present: {kinds[:12]}"
+            )
+        if any(key_matches(key, n) for n in names):
+            continue
+        pattern = key[3:] if key.startswith("re:") else key
+        close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+        raise ValueError(
+            f"scheme key {key!r} matches no module or parameter of {type(model).__name__}; "
+            f"close matches: {close}"
+        )
 
 
 def _validate(
@@ -144,14 +237,9 @@ def _validate(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_generator_device(generator, list(model.parameters()))
-    if distribution not in _DISTRIBUTIONS:
-        raise ValueError(
-            f"distribution must be one of {list(_DISTRIBUTIONS)}, got {distribution!r}"
-        )
-    if num_residual is not None and (
-        isinstance(num_residual, bool) or not isinstance(num_residual, int) or num_residual < 1
-    ):
-        raise ValueError(f"num_residual must be an int >= 1 or None, got {num_residual!r}")
+    check_choice(distribution, "distribution", _DISTRIBUTIONS)
+    if num_residual is not None:
+        check_positive_int(num_residual, "num_residual")
     if isinstance(scheme, str):
         if scheme != "auto" and scheme not in NAMED_INITS:
             raise ValueError(
@@ -180,243 +268,3 @@ def _validate(
                 )
         elif not callable(value):
             raise TypeError(f"scheme[{key!r}] must be an init name or a callable, got {value!r}")
-
-
-def _match(
-    scheme: Mapping[SchemeKey, SchemeValue], name: str, module: nn.Module
-) -> tuple[str, SchemeValue] | None:
-    for key, value in scheme.items():
-        if isinstance(key, type):
-            if isinstance(module, key):
-                return key.__name__, value
-        elif key.startswith("re:"):
-            if re.fullmatch(key[3:], name):
-                return key, value
-        elif fnmatch.fnmatchcase(name, key):
-            return key, value
-    return None
-
-
-def _direct_params(module: nn.Module, prefix: str, done: set[int]) -> list[tuple[str, str, Tensor]]:
-    found: list[tuple[str, str, Tensor]] = []
-    for pname, param in module.named_parameters(recurse=False):
-        if id(param) not in done:
-            done.add(id(param))
-            found.append((pname, prefix + pname, param))
-    return found
-
-
-def _plan(
-    model: nn.Module,
-    scheme: str | Mapping[SchemeKey, SchemeValue],
-    generator: torch.Generator | None,
-    distribution: str,
-    followers: Followers,
-) -> list[Action]:
-    done: set[int] = set()
-    actions: list[Action] = []
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        params = _direct_params(module, prefix, done)
-        has_stats = hasattr(module, "reset_running_stats")
-        if not params and not has_stats:
-            continue
-        rule: tuple[str, SchemeValue] | None = None
-        if not isinstance(scheme, str):
-            rule = _match(scheme, name, module)
-        act = followers.activation.get(name)
-        if rule is None or rule[1] == "auto":
-            how = followers.how.get(name, "")
-            why = f"matched {rule[0]!r}: " if rule is not None else ""
-            actions += _plan_auto(module, name, params, act, how, why, generator, distribution)
-        else:
-            actions += _plan_rule(module, params, rule, act, generator)
-    return actions
-
-
-def _plan_rule(
-    module: nn.Module,
-    params: list[tuple[str, str, Tensor]],
-    rule: tuple[str, SchemeValue],
-    act: Activation | None,
-    generator: torch.Generator | None,
-) -> list[Action]:
-    key, value = rule
-    why = f"scheme[{key!r}]"
-    if value == "skip":
-        return [(InitRecord(f, tuple(p.shape), "untouched", why), noop) for _, f, p in params]
-    if value == "reset_parameters":
-        reset = getattr(module, "reset_parameters", None)
-        if not callable(reset):
-            raise ValueError(f"{why} = 'reset_parameters' but {type(module).__name__} has none")
-        records = [InitRecord(f, tuple(p.shape), "reset_parameters()", why) for _, f, p in params]
-        if not records:
-            return []
-        return [(r, noop) for r in records[:-1]] + [(records[-1], reset)]
-    actions: list[Action] = []
-    for pname, full, param in params:
-        shape = tuple(param.shape)
-        if "bias" in pname:
-            actions.append((InitRecord(full, shape, "zeros", f"bias; {why}", 0.0), zero(param)))
-            continue
-        if isinstance(value, str):
-            if value in FAN_INITS and param.dim() < 2:
-                raise ValueError(
-                    f"{why} = {value!r} needs fans, but parameter {full!r} has shape {shape}"
-                )
-            label, std, fill = named_init(value, param, module, act, generator)
-        else:
-            label, std = getattr(value, "__name__", repr(value)), None
-            fill = wrap_callable(value, generator)
-        actions.append((InitRecord(full, shape, label, why, std), apply_fill(fill, param)))
-    return actions
-
-
-def _plan_auto(
-    module: nn.Module,
-    name: str,
-    params: list[tuple[str, str, Tensor]],
-    act: Activation | None,
-    how: str,
-    why: str,
-    generator: torch.Generator | None,
-    distribution: str,
-) -> list[Action]:
-    kind = type(module).__name__
-    if is_recurrent(module):
-        return plan_recurrent(module, params, generator, distribution)
-    actions: list[Action] = []
-    if is_norm_module(module) and hasattr(module, "reset_running_stats"):
-        reset_stats: Callable[[], None] = getattr(module, "reset_running_stats")  # noqa: B009
-        actions.append(
-            (
-                InitRecord(
-                    f"{name}.running_*" if name else "running_*",
-                    (),
-                    "reset",
-                    f"{why}{kind} running statistics",
-                ),
-                reset_stats,
-            )
-        )
-    for pname, full, param in params:
-        shape = tuple(param.shape)
-        if "bias" in pname and not isinstance(module, nn.MultiheadAttention):
-            actions.append(
-                (InitRecord(full, shape, "zeros", f"{why}{kind} bias", 0.0), zero(param))
-            )
-        elif is_weight_layer(module) and pname == "weight":
-            found = act or Activation("none")
-            label, std, fill = choose_weight_init(found, distribution, param, module, generator)
-            reason = f"{why}{kind}, {found.describe()}" + (f" ({how})" if how else "")
-            actions.append((InitRecord(full, shape, label, reason, std), apply_fill(fill, param)))
-        elif is_norm_module(module):
-            value = 1.0 if pname == "weight" else 0.0
-            label = "ones" if value else "zeros"
-            actions.append(
-                (
-                    InitRecord(full, shape, label, f"{why}{kind} {pname}", 0.0),
-                    fill_value(param, value),
-                )
-            )
-        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-            actions.append(
-                (
-                    InitRecord(full, shape, "normal(0, 1)", f"{why}{kind} (torch's default)", 1.0),
-                    embedding_normal(module, param, generator),
-                )
-            )
-        elif isinstance(module, nn.PReLU):
-            actions.append(
-                (
-                    InitRecord(
-                        full,
-                        shape,
-                        f"constant({module.init:g})",
-                        f"{why}PReLU slope (its init value)",
-                    ),
-                    fill_value(param, float(module.init)),
-                )
-            )
-        elif isinstance(module, nn.MultiheadAttention):
-            actions.append(_plan_mha(module, pname, full, param, why, generator, distribution))
-        else:
-            actions.append(_plan_unknown(module, full, param, why))
-    return _dedupe_reset(actions)
-
-
-def _plan_mha(
-    module: nn.MultiheadAttention,
-    pname: str,
-    full: str,
-    param: Tensor,
-    why: str,
-    generator: torch.Generator | None,
-    distribution: str,
-) -> Action:
-    shape = tuple(param.shape)
-    xavier = xavier_uniform_ if distribution == "uniform" else xavier_normal_
-    if "bias" in pname and pname in ("in_proj_bias",):
-        return InitRecord(full, shape, "zeros", f"{why}MultiheadAttention bias", 0.0), zero(param)
-    if pname == "in_proj_weight":
-        block = param.chunk(3, 0)[0]
-        record = InitRecord(
-            full,
-            shape,
-            f"xavier_{distribution} per q/k/v block",
-            f"{why}MultiheadAttention input projection",
-            xavier_std(block),
-        )
-
-        def run() -> None:
-            for b in param.chunk(3, 0):
-                xavier(b, generator=generator)
-
-        return record, run
-    if pname in ("bias_k", "bias_v"):
-        return (
-            InitRecord(
-                full,
-                shape,
-                "xavier_normal",
-                f"{why}MultiheadAttention {pname} (as torch)",
-                xavier_std(param),
-            ),
-            apply_fill(lambda t: xavier_normal_(t, generator=generator), param),
-        )
-    record = InitRecord(
-        full, shape, f"xavier_{distribution}", f"{why}MultiheadAttention {pname}", xavier_std(param)
-    )
-    return record, apply_fill(lambda t: xavier(t, generator=generator), param)
-
-
-def _plan_unknown(module: nn.Module, full: str, param: Tensor, why: str) -> Action:
-    kind = type(module).__name__
-    reset = getattr(module, "reset_parameters", None)
-    if is_weight_layer(module):
-        # e.g. an adapter parameter of a Linear subclass: its reset would undo the weight's init
-        return InitRecord(
-            full, tuple(param.shape), "untouched", f"{why}extra {kind} parameter"
-        ), noop
-    if callable(reset):
-        record = InitRecord(
-            full,
-            tuple(param.shape),
-            "reset_parameters()",
-            f"{why}no rule for {kind}; its own reset (global RNG)",
-        )
-        return record, reset
-    return InitRecord(full, tuple(param.shape), "untouched", f"{why}no rule for {kind}"), noop
-
-
-def _dedupe_reset(actions: list[Action]) -> list[Action]:
-    # A module's reset_parameters() re-inits all its parameters: run it once, not per parameter.
-    seen = False
-    out: list[Action] = []
-    for record, run in actions:
-        if record.init == "reset_parameters()":
-            out.append((record, noop if seen else run))
-            seen = True
-        else:
-            out.append((record, run))
-    return out

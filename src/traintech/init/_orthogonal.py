@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_gain, check_tensor
+from .._checks import check_generator_device, check_tensor
+from ._fans_and_gain import check_gain
 
 __all__ = ["orthogonal_"]
 
@@ -41,14 +42,18 @@ def orthogonal_(
         ``tensor``, filled under ``torch.no_grad()``; zero-element and meta tensors untouched.
 
     Raises:
-        ValueError: for fewer than 2 dimensions or a negative ``gain``.
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
+        ValueError: for fewer than 2 dimensions or a negative ``gain``; or a ``generator``
+            on another device type than ``tensor``.
 
     Example:
         >>> w = orthogonal_(torch.empty(3, 5), generator=torch.Generator().manual_seed(0))
         >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6)
         True
     """
-    check_tensor(tensor)
+    check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
     if tensor.dim() < 2:
         raise ValueError(
             "Only tensors with 2 or more dimensions are supported "

@@ -1,18 +1,28 @@
-"""Layer-by-layer statistics of activations (and gradients) on a batch."""
+"""Layer-by-layer statistics of activations (and gradients) on a batch.
+
+Also how a user batch is fed to a model (a tensor, a tuple/list of positional inputs, or a dict
+of keyword inputs), shared with :func:`lsuv_`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._batch import call_model, check_batch, first_tensor
-from ._table import fmt_float, format_table
+from ._report import fmt_float, format_table
 
-__all__ = ["LayerStats", "VarianceProfile", "variance_profile"]
+__all__ = [
+    "LayerStats",
+    "VarianceProfile",
+    "call_model",
+    "check_batch",
+    "first_tensor",
+    "variance_profile",
+]
 
 
 @dataclass(frozen=True)
@@ -233,3 +243,38 @@ def _assemble(
         g = next(grads) if grad is not None else [None, None, None]
         profile.rows.append(LayerStats(name, kind, *values, *g))
     return profile
+
+
+# --- feeding a user batch to a model ---
+
+
+def check_batch(batch: object) -> None:
+    """Raise ``TypeError`` unless ``batch`` is a tensor, a tuple/list or a mapping."""
+    if not isinstance(batch, (Tensor, tuple, list, Mapping)):
+        raise TypeError(
+            f"batch must be a Tensor, a tuple/list of positional inputs or a dict of keyword "
+            f"inputs, got {type(batch).__name__}"
+        )
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """``model(batch)``, ``model(*batch)`` or ``model(**batch)``."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def first_tensor(value: Any) -> Tensor | None:
+    """The first tensor in a (possibly nested) output: a tensor, tuple/list or mapping."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None

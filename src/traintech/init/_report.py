@@ -1,13 +1,16 @@
-"""The report :func:`init_model` returns: one record per parameter, printable as a table."""
+"""The report :func:`init_model` returns: one record per parameter, printable as a table.
+
+Also the plain-text table helpers the LSUV and variance-profile reports share, and ``Action``:
+a planned init (its record and the closure that performs it), so planning and writing are two
+steps and a meta-device model gets the plan without a write.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ._table import fmt_float, format_table
-
-__all__ = ["InitRecord", "InitReport"]
+__all__ = ["Action", "InitRecord", "InitReport", "fmt_float", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class InitRecord:
             ``"untouched"``.
         reason: why, e.g. ``"followed by ReLU 'net.1' (fx graph)"``.
         std: the standard deviation the init targets (``None`` when not defined).
+        aliases: the other names of a tied parameter (``("wte.weight",)`` for GPT-2's
+            ``lm_head.weight``); the tensor is initialised once, under ``name``.
     """
 
     name: str
@@ -28,6 +33,7 @@ class InitRecord:
     init: str
     reason: str
     std: float | None = None
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -41,12 +47,16 @@ class InitReport:
         materialized: False when the model was on the meta device (nothing was written: the
             report is the plan; materialise with ``model.to_empty(device=...)`` and call again).
         buffers: records of buffer groups that were reset (norm layers' running statistics).
+        uncovered: names of the parameters no rule covered (left untouched, or reset by their
+            module's own ``reset_parameters()`` with the global RNG); ``init_model`` warns
+            about them. Give them a ``scheme`` entry to cover them.
     """
 
     records: list[InitRecord] = field(default_factory=list)
     method: str = "fx"
     materialized: bool = True
     buffers: list[InitRecord] = field(default_factory=list)
+    uncovered: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[InitRecord]:
         return iter(self.records)
@@ -55,9 +65,9 @@ class InitReport:
         return len(self.records)
 
     def __getitem__(self, name: str) -> InitRecord:
-        """The record of the parameter called ``name``."""
+        """The record of the parameter called ``name`` (or tied to it under that name)."""
         for record in self.records:
-            if record.name == name:
+            if record.name == name or name in record.aliases:
                 return record
         raise KeyError(f"no parameter named {name!r} in the report")
 
@@ -69,4 +79,29 @@ class InitReport:
         title = f"init_model: {len(self.records)} parameters, activations found by {self.method}"
         if not self.materialized:
             title += " (meta device: plan only, nothing written)"
+        if self.uncovered:
+            title += f"; no rule covers {len(self.uncovered)} (see .uncovered)"
         return title + "\n" + format_table(["parameter", "shape", "init", "std", "reason"], rows)
+
+
+#: A planned init: its record and the closure that performs it.
+Action = tuple[InitRecord, Callable[[], None]]
+
+
+def fmt_float(value: float | None) -> str:
+    """Format a statistic with 4 significant digits; ``-`` for missing."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, with a dashed rule under the header."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

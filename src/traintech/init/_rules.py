@@ -22,13 +22,30 @@ import torch
 from torch import Tensor, nn
 
 from ._activations import Activation
-from ._kaiming import kaiming_normal_, kaiming_std, kaiming_uniform_
 from ._orthogonal import orthogonal_
 from ._trunc_normal import trunc_normal_
 from ._variance_scaling import lecun_normal_, lecun_uniform_, variance_scaling_std
-from ._xavier import xavier_normal_, xavier_std, xavier_uniform_
+from ._xavier_kaiming import (
+    kaiming_normal_,
+    kaiming_std,
+    kaiming_uniform_,
+    xavier_normal_,
+    xavier_std,
+    xavier_uniform_,
+)
 
-__all__ = ["FAN_INITS", "NAMED_INITS", "choose_weight_init", "named_init", "wrap_callable"]
+__all__ = [
+    "FAN_INITS",
+    "NAMED_INITS",
+    "apply_fill",
+    "choose_weight_init",
+    "embedding_normal",
+    "fill",
+    "named_init",
+    "noop",
+    "wrap_callable",
+    "zero",
+]
 
 #: Initializer: fills a tensor in place with the given generator.
 Filler = Callable[[Tensor], object]
@@ -149,5 +166,48 @@ def _normal(generator: torch.Generator | None) -> Filler:
     def run(t: Tensor) -> Tensor:
         with torch.no_grad():
             return t.normal_(0.0, 1.0, generator=generator)
+
+    return run
+
+
+# --- closures that perform one planned init (planning and writing are separate steps) ---
+
+
+def noop() -> None:
+    return None
+
+
+def apply_fill(fill: Callable[[Tensor], object], param: Tensor) -> Callable[[], None]:
+    def run() -> None:
+        fill(param)
+
+    return run
+
+
+def zero(param: Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            param.zero_()
+
+    return run
+
+
+def fill(param: Tensor, value: float) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            param.fill_(value)
+
+    return run
+
+
+def embedding_normal(
+    module: nn.Module, param: Tensor, generator: torch.Generator | None
+) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            param.normal_(0.0, 1.0, generator=generator)
+            padding_idx = getattr(module, "padding_idx", None)
+            if padding_idx is not None:
+                param[padding_idx].zero_()
 
     return run

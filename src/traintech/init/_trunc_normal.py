@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_tensor
+from .._checks import check_generator_device, check_positive, check_tensor
 
 __all__ = ["trunc_normal_"]
 
@@ -60,8 +60,10 @@ def trunc_normal_(
         ``tensor``, filled under ``torch.no_grad()``; meta tensors untouched.
 
     Raises:
+        TypeError: for a non-tensor ``tensor``, a non-numeric ``std`` or a ``generator``
+            that is not a ``torch.Generator`` (nor None).
         ValueError: if ``std <= 0`` or ``a >= b`` (torch fails with a ZeroDivisionError or a
-            RuntimeError there).
+            RuntimeError there), or a ``generator`` on another device type than ``tensor``.
 
     Example:
         >>> w = trunc_normal_(torch.empty(10_000), std=1.0, a=-1.0, b=1.0,
@@ -69,9 +71,9 @@ def trunc_normal_(
         >>> bool(w.min() >= -1.0 and w.max() <= 1.0)
         True
     """
-    check_tensor(tensor)
-    if not (math.isfinite(std) and std > 0):
-        raise ValueError(f"std ({std}) must be a finite number > 0")
+    check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
+    std = check_positive(std, "std")
     if not a < b:
         raise ValueError(f"the bounds must satisfy a < b, got a={a}, b={b}")
     if tensor.is_meta or tensor.numel() == 0:

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_tensor
-from ._fans import correct_fan
+from .._checks import check_choice, check_generator_device, check_positive, check_tensor
+from ._fans_and_gain import correct_fan
 from ._trunc_normal import trunc_normal_
 
 __all__ = [
@@ -25,20 +25,6 @@ TRUNCATED_STD = 0.87962566103423978
 
 #: The accepted ``distribution`` names.
 DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform")
-
-
-def _check_distribution(distribution: object) -> str:
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {list(DISTRIBUTIONS)}, got {distribution!r}")
-    return str(distribution)
-
-
-def _check_scale(scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a real number > 0, got {type(scale).__name__} {scale!r}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale ({scale}) must be a finite number > 0")
-    return float(scale)
 
 
 def variance_scaling_std(
@@ -86,8 +72,10 @@ def variance_scaling_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
-        ValueError: for ``scale <= 0``, an unknown ``mode`` or ``distribution``, or fewer than
-            2 dimensions.
+        TypeError: for a non-tensor ``tensor``, a non-numeric ``scale`` or a ``generator``
+            that is not a ``torch.Generator`` (nor None).
+        ValueError: for ``scale <= 0``, an unknown ``mode`` or ``distribution``, fewer than
+            2 dimensions, or a ``generator`` on another device type than ``tensor``.
 
     Example:
         >>> w = variance_scaling_(torch.empty(500, 400), scale=2.0, mode="fan_avg",
@@ -95,9 +83,10 @@ def variance_scaling_(
         >>> round(w.var().item() * 450, 2)  # scale
         2.0
     """
-    check_tensor(tensor)
-    scale = _check_scale(scale)
-    distribution = _check_distribution(distribution)
+    check_tensor(tensor, "tensor")
+    check_generator_device(generator, (tensor,))
+    scale = check_positive(scale, "scale")
+    distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     std = variance_scaling_std(tensor, scale, mode, module)
     if distribution == "truncated_normal":
         s = std / TRUNCATED_STD
@@ -134,7 +123,10 @@ def lecun_normal_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
-        ValueError: for fewer than 2 dimensions.
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
+        ValueError: for fewer than 2 dimensions, or a ``generator`` on another device type
+            than ``tensor``.
 
     Example:
         >>> w = lecun_normal_(torch.empty(400, 300), generator=torch.Generator().manual_seed(0))
@@ -168,7 +160,10 @@ def lecun_uniform_(
         ``tensor``, filled under ``torch.no_grad()``.
 
     Raises:
-        ValueError: for fewer than 2 dimensions.
+        TypeError: for a non-tensor ``tensor`` or a ``generator`` that is not a
+            ``torch.Generator`` (nor None).
+        ValueError: for fewer than 2 dimensions, or a ``generator`` on another device type
+            than ``tensor``.
 
     Example:
         >>> w = lecun_uniform_(torch.empty(400, 300), generator=torch.Generator().manual_seed(0))

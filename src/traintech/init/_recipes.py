@@ -1,4 +1,7 @@
-"""The recurrent-layer recipe: orthogonal recurrent weights, Xavier input weights, forget bias 1.
+r"""The two recipes of :func:`init_model` that span several layers: recurrent and residual.
+
+**Recurrent** (RNN, LSTM, GRU and their cells): orthogonal recurrent weights, Xavier input
+weights, forget bias 1.
 
 Recurrent weights are applied at every time step, so their singular values compound over time;
 an orthogonal matrix has them all equal to 1 (Saxe et al. 2013, https://arxiv.org/abs/1312.6120 ).
@@ -7,24 +10,33 @@ LSTM forget gate starts open (bias 1) so that gradients flow through the cell st
 first step (Jozefowicz et al. 2015, "An Empirical Exploration of Recurrent Network
 Architectures"; Gers et al. 2000). Every gate block (torch stacks them along dim 0: LSTM
 ``i, f, g, o``; GRU ``r, z, n``) is initialised on its own.
+
+**Residual**: the output layer of each residual branch is scaled by :math:`1/\sqrt{N}` after its
+init so that a sum of :math:`N` branches keeps unit variance (GPT-2's :math:`1/\sqrt{2L}`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
+from ._followers import Followers, is_weight_layer
 from ._orthogonal import orthogonal_
-from ._report import InitRecord
-from ._xavier import xavier_normal_, xavier_std, xavier_uniform_
+from ._report import Action, InitRecord
+from ._xavier_kaiming import xavier_normal_, xavier_std, xavier_uniform_
 
-__all__ = ["Action", "gate_count", "is_recurrent", "plan_recurrent"]
-
-#: A planned init: its record and the thunk that performs it.
-Action = tuple[InitRecord, Callable[[], None]]
+__all__ = [
+    "add_residual_scale",
+    "gate_count",
+    "is_recurrent",
+    "plan_recurrent",
+    "resolve_residual",
+]
 
 
 def is_recurrent(module: nn.Module) -> bool:
@@ -116,3 +128,80 @@ def _bias(bias: Tensor, forget_one: bool) -> Callable[[], None]:
                 bias[hidden : 2 * hidden].fill_(1.0)
 
     return run
+
+
+# --- residual branches ---
+
+
+def resolve_residual(
+    model: nn.Module,
+    residual: Iterable[str | nn.Module] | None,
+    followers: Followers,
+) -> list[str]:
+    """Qualified names of the branch output layers ``residual`` names (checked, deduplicated)."""
+    if residual is None:
+        return []
+    if isinstance(residual, (str, nn.Module)):
+        residual = [residual]
+    modules = dict(model.named_modules())
+    by_id = {id(m): n for n, m in modules.items()}
+    outputs: list[str] = []
+    for entry in residual:
+        if isinstance(entry, nn.Module):
+            if id(entry) not in by_id:
+                raise ValueError("residual contains a module that is not part of model")
+            matched = [by_id[id(entry)]]
+        elif isinstance(entry, str):
+            matched = [n for n in modules if n == entry or fnmatch.fnmatchcase(n, entry)]
+            matched = [n for n in matched if not any(n.startswith(o + ".") for o in matched)]
+        else:
+            raise TypeError(f"residual entries must be names or modules, got {entry!r}")
+        if not matched:
+            raise ValueError(f"residual entry {entry!r} matches no module of model")
+        for name in matched:
+            out = _branch_output(name, modules, followers)
+            if out is None:
+                raise ValueError(f"residual entry {entry!r}: module {name!r} has no Linear/Conv")
+            if out not in outputs:
+                outputs.append(out)
+    return outputs
+
+
+def _branch_output(name: str, modules: dict[str, nn.Module], followers: Followers) -> str | None:
+    if is_weight_layer(modules[name]):
+        return name
+    inside = [n for n in followers.order if n.startswith(name + ".") or not name]
+    return inside[-1] if inside else None
+
+
+def add_residual_scale(
+    actions: list[Action], model: nn.Module, outputs: list[str], n: int
+) -> list[Action]:
+    """``actions`` with each branch output weight's init followed by a ``1/sqrt(n)`` scale."""
+    modules = dict(model.named_modules())
+    factor = 1.0 / math.sqrt(n)
+    weights = {f"{o}.weight": modules[o] for o in outputs}
+    scaled: list[Action] = []
+    for record, run in actions:
+        layer = weights.get(record.name)
+        if layer is None:
+            scaled.append((record, run))
+            continue
+        std = None if record.std is None else record.std * factor
+        new = replace(
+            record,
+            init=f"{record.init} x 1/sqrt({n})",
+            reason=f"{record.reason}; residual branch output",
+            std=std,
+        )
+        scaled.append((new, _then_scale(run, layer.weight, factor)))
+    return scaled
+
+
+def _then_scale(run: Callable[[], None], weight: Tensor, factor: float) -> Callable[[], None]:
+    def both() -> None:
+        run()
+        with torch.no_grad():
+            weight.mul_(factor)
+
+    return both

@@ -1,4 +1,12 @@
-"""What follows each weight layer in the torch.fx graph, tracing each repeated block only once.
+"""Which activation follows each weight layer: from the torch.fx graph, or from module order.
+
+``find_followers`` traces the model with ``torch.fx`` (activations, dropout, pooling and norm
+layers are kept as leaves). Weight layers that are graph nodes are followed through the graph's
+users; weight layers hidden inside a leaf module (e.g. the Linears of an
+``nn.TransformerEncoderLayer``, which torch.fx cannot trace) and every layer when tracing fails
+are resolved from module registration order: the next module after the layer, skipping
+transparent ones. Torch's Transformer layers get their ``activation`` attribute (often a plain
+function, so not a module at all) read directly.
 
 Deep models repeat one block class many times (Transformer layers, ResNet stages). Tracing is
 the expensive part of ``init_model``'s bookkeeping, so a block whose class, submodule layout and
@@ -19,11 +27,13 @@ from functools import partial
 
 from torch import Tensor, fx, nn
 
+from .._compat import CONV_ND_BASE
 from ._activations import Activation, classify_function, classify_module
+from ._fans_and_gain import is_conv1d_transposed_layout
 
-__all__ = ["OUTPUT", "Summary", "analyse", "is_weight_layer"]
+__all__ = ["OUTPUT", "Followers", "Summary", "analyse", "find_followers", "is_weight_layer"]
 
-_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, CONV_ND_BASE)
 _MAX_DEPTH = 64
 
 #: Marker: the value reaches the traced module's output.
@@ -31,8 +41,11 @@ OUTPUT = Activation("output", 0.0, "block output")
 
 
 def is_weight_layer(module: nn.Module) -> bool:
-    """Linear, Bilinear and (transposed) convolutions: the layers whose init follows activation."""
-    return isinstance(module, _WEIGHT_LAYERS)
+    """Linear, Bilinear, (transposed) convolutions and ``transformers``' ``Conv1D`` (a Linear).
+
+    These are the layers whose weight init follows the activation after them.
+    """
+    return isinstance(module, _WEIGHT_LAYERS) or is_conv1d_transposed_layout(module)
 
 
 @dataclass
@@ -217,3 +230,120 @@ def _node_label(node: fx.Node) -> str:
         return f"consumed by '{node.target}'"
     target = node.target
     return f"consumed by {getattr(target, '__name__', target)}()"
+
+
+# --- the public entry: fx first, module order for what fx could not see ---
+
+
+@dataclass
+class Followers:
+    """What follows each weight layer (by qualified name), how it was found, and layer order."""
+
+    activation: dict[str, Activation]
+    how: dict[str, str]
+    order: list[str]
+    method: str
+
+
+def find_followers(model: nn.Module, use_fx: bool = True) -> Followers:
+    """Map each weight layer's qualified name to the activation that follows it."""
+    modules = dict(model.named_modules())
+    result = Followers({}, {}, [], "module order (fx disabled)")
+    if use_fx:
+        cache: dict[Hashable, Summary | None] = {}
+        try:
+            summary = analyse(model, cache)
+        except Exception as exc:  # torch.fx raises many types on untraceable code
+            result.method = f"module order (torch.fx could not trace: {type(exc).__name__})"
+        else:
+            result.method = "fx"
+            for name, acts in summary.inner.items():
+                final = [
+                    Activation("none", 0.0, "model output") if a == OUTPUT else a for a in acts
+                ]
+                result.activation[name] = _merge(list(dict.fromkeys(final)))
+                result.how[name] = "fx graph"
+                result.order.append(name)
+    _order_fallback(model, modules, result)
+    return result
+
+
+def _merge(found: list[Activation]) -> Activation:
+    kinds = {(a.family, a.slope) for a in found}
+    if len(kinds) == 1:
+        return found[0]
+    families = sorted({a.family for a in found})
+    return Activation("none", 0.0, "mixed consumers: " + ", ".join(families))
+
+
+def _order_fallback(model: nn.Module, modules: dict[str, nn.Module], result: Followers) -> None:
+    known: dict[str, Activation] = {}
+    for name, module in modules.items():
+        if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            prefix = f"{name}." if name else ""
+            known[prefix + "linear1"] = _transformer_activation(module, name)
+            known[prefix + "linear2"] = Activation("none", 0.0, "residual add")
+        if isinstance(module, nn.MultiheadAttention):
+            prefix = f"{name}." if name else ""
+            known[prefix + "out_proj"] = Activation("none", 0.0, "attention output")
+        known.update(_two_layer_mlp(module, name))
+    atoms = [
+        (name, m)
+        for name, m in modules.items()
+        if is_weight_layer(m) or not any(True for _ in m.children())
+    ]
+    for index, (name, module) in enumerate(atoms):
+        if not is_weight_layer(module) or name in result.activation:
+            continue
+        result.order.append(name)
+        if name in known:
+            result.activation[name] = known[name]
+            result.how[name] = "layer definition"
+            continue
+        result.how[name] = "module order"
+        result.activation[name] = Activation("none", 0.0, "last module")
+        for next_name, next_module in atoms[index + 1 :]:
+            kind = classify_module(next_module, next_name)
+            if kind is not None and kind.family == "transparent":
+                continue
+            if kind is None:
+                kind = Activation("none", 0.0, f"next is '{next_name}'")
+            result.activation[name] = kind
+            break
+
+
+_MLP_ACT_NAMES = ("act", "activation", "act_fn", "activation_fn")
+
+
+def _two_layer_mlp(module: nn.Module, name: str) -> dict[str, Activation]:
+    """An MLP block ``fc_out(act(fc_in(x)))`` read from its attributes, not registration order.
+
+    Hugging Face blocks (GPT-2's ``GPT2MLP``: ``c_fc``, ``c_proj``, ``act``) register both
+    projections before the activation, so module order would put the activation after the
+    second one. A module with exactly two direct weight-layer children and an activation child
+    (or function) named ``act``/``activation``/``act_fn``/``activation_fn`` is read as such a
+    block: the first projection feeds the activation, the second the residual add.
+    """
+    layers = [n for n, child in module.named_children() if is_weight_layer(child)]
+    act_name = next((a for a in _MLP_ACT_NAMES if getattr(module, a, None) is not None), None)
+    if len(layers) != 2 or act_name is None:
+        return {}
+    prefix = f"{name}." if name else ""
+    kind = _activation_of(getattr(module, act_name), prefix + act_name)
+    if kind.family == "none":
+        return {}
+    return {prefix + layers[0]: kind, prefix + layers[1]: Activation("none", 0.0, "MLP output")}
+
+
+def _transformer_activation(layer: nn.Module, name: str) -> Activation:
+    return _activation_of(getattr(layer, "activation", None), f"{name}.activation")
+
+
+def _activation_of(act: object, label: str) -> Activation:
+    if isinstance(act, nn.Module):
+        kind = classify_module(act, label)
+    else:
+        kind = classify_function(act, (), {}) if act is not None else None
+    if kind is None or kind.family == "transparent":
+        return Activation("none", 0.0, "unknown activation")
+    return kind
