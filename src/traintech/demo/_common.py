@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from traintech.demo._data import take_batches
-from traintech.demo._verdict import Claim
+from traintech.demo._stats import seed_interval
+from traintech.demo._verdict import Claim, Effect
 
 Tick = Callable[[], None]
 
@@ -50,6 +51,11 @@ def mean(values: Sequence[float]) -> float:
         return math.inf
     finite = [v for v in values if not math.isnan(v)]
     return statistics.fmean(finite) if finite else math.nan
+
+
+def effect(what: str, per_seed: Sequence[float], op: str = ">", null: float = 0.0) -> Effect:
+    """An :class:`Effect` from per-seed differences, with their 95% interval across seeds."""
+    return Effect(what, seed_interval(per_seed), op, null)
 
 
 def mlp(
