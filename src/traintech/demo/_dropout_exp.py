@@ -236,6 +236,11 @@ def run_seed(cfg: DropoutConfig, seed: int, tick: Tick) -> dict[str, object]:
         "auroc_mc": auroc(ent_test, ent_ood),
         "auroc_dropout_off": auroc(*det["dropout"]),
         "auroc_no_dropout_model": auroc(*det["plain"]),
+        "auroc_wrong_vs_correct": (
+            auroc(ent_test[correct], ent_test[~correct])
+            if 0 < int(correct.sum()) < len(correct)
+            else math.nan
+        ),
     }
     return out
 
@@ -447,7 +452,7 @@ def _claims(cfg: DropoutConfig, runs: list[dict[str, Any]], s: dict[str, Any]) -
                 _boot(
                     "AUROC of entropy, wrong vs correct",
                     tuple(p["auroc_wrong_vs_correct"]),
-                    [p["auroc_wrong_vs_correct"][0]],
+                    [float(r["mc"]["auroc_wrong_vs_correct"]) for r in runs],
                     n,
                     0.5,
                 )

@@ -311,6 +311,18 @@ def _norm_claims(cfg: TransformerConfig, runs: dict[str, list[dict[str, Any]]]) 
     return claims
 
 
+def _advice(lower_gap: float) -> str:
+    """What to do, from the clipped run's val loss minus the tuned-lower-lr control's."""
+    if not math.isfinite(lower_gap):
+        return "it diverged like the unclipped run; do not rely on it at this lr."
+    if lower_gap <= 0:
+        return "clipping lets you train at the high lr at least as well as a tuned lower lr."
+    return (
+        "it rescues the high lr, but a tuned lower lr without clipping ends better; clipping "
+        "is a safety net here, not a gain."
+    )
+
+
 def _clip_claims(cfg: TransformerConfig, runs: dict[str, list[dict[str, Any]]]) -> list[Claim]:
     none = runs["none"]
     setting = f"SGD momentum 0.9 at lr {cfg.clip_lr!r}, LayerNorm model, {cfg.steps} steps"
@@ -378,8 +390,7 @@ def _clip_claims(cfg: TransformerConfig, runs: dict[str, list[dict[str, Any]]]) 
                 compared=f"{label} vs no clipping, {setting} (mean clip coefficient "
                 f"{mean(_vals(runs_m, 'mean_coef')):.4g}, clipping "
                 f"{100 * mean(_vals(runs_m, 'clipped_fraction')):.3g}% of steps); against "
-                f"{controls['control_lower']} it ends {lower_gap:+.4g} nats: "
-                + ("clipping buys the high lr." if lower_gap <= 0 else "a lower lr does as well."),
+                f"{controls['control_lower']} it ends {lower_gap:+.4g} nats: " + _advice(lower_gap),
                 checks=checks,
                 effects=effects,
                 note="The control at lr x mean coef shows whether clipping acts only as a smaller "
