@@ -1,8 +1,8 @@
 """End-to-end test of ``traintech demo --quick`` (run once, in two processes) and its outputs.
 
-The verdicts asserted here are the robust ones: effects many times larger than their spread on
-seeds 0, 1 and 2 in quick mode (documented in docs/demo.md). The rest of the verdicts are checked
-only for following from their checks and effects.
+The verdicts asserted here are the robust ones: far from their thresholds in the quick run and on
+every seed of the full run (docs/demo.md). The rest are checked only for following from their
+checks and effects.
 """
 
 import contextlib
@@ -80,8 +80,6 @@ def test_demo_succeeds_and_restores_threads(demo):
         ("init.train", HELD),
         ("clip.explode", HELD),
         ("clip.direction", HELD),
-        ("transformer.layer_norm", HELD),
-        ("transformer.rms_norm", HELD),
         ("transformer.spikes", HELD),
         ("transformer.clip_norm", HELD),
         ("transformer.clip_zclip_cap", HELD),

@@ -23,13 +23,13 @@ class ExperimentResult:
     """The outcome of one experiment.
 
     Attributes:
-        name: ``init``, ``clip``, ``norm`` or ``dropout``.
+        name: ``init``, ``clip``, ``transformer``, ``norm`` or ``dropout``.
         title: a heading for the report.
         settings: the configuration that ran (JSON-ready).
         numbers: every measured number, aggregated over seeds and per seed (JSON-ready).
         claims: the claims with their checks and verdicts.
         plots: ``{file name: caption}`` of the figures written for this experiment.
-        sources: which implementation each technique came from.
+        sources: ``{traintech name: defining module}`` of what the experiment imports.
         seconds: wall time of the experiment.
         cpu_seconds: CPU time of the experiment (close to the wall time on an idle machine).
     """

@@ -317,10 +317,12 @@ def plot_dropout(result: ExperimentResult, out: Path) -> dict[str, str]:
                 color=color,
                 label=f"{text} (n={len(values)}, mean {sum(values) / len(values):.3g})",
             )
-    auc = pooled["auroc_ood_mc"]
+    auc, gain = pooled["auroc_ood_mc"], pooled["auroc_ood_mc_minus_dropout_off"]
     axes[1].set_title(
         f"MC dropout, pooled over {len(n['seeds'])} seed(s): OOD AUROC {auc[0]:.3g} "
-        f"[{auc[1]:.3g}, {auc[2]:.3g}]"
+        f"[{auc[1]:.3g}, {auc[2]:.3g}],\nminus dropout off: {gain[0]:+.3g} "
+        f"[{gain[1]:+.3g}, {gain[2]:+.3g}] (95% bootstrap)",
+        fontsize=10,
     )
     axes[1].set_xlabel("predictive entropy of the MC-dropout mean (nats)")
     axes[1].set_ylabel("density")

@@ -72,7 +72,8 @@ def write_markdown(results: Sequence[ExperimentResult], meta: dict[str, Any], pa
     lines = [
         "# traintech demo report",
         "",
-        f"Run: {meta['mode']} mode, seeds {meta['seeds']}, {meta['threads']} torch thread(s), "
+        f"Run: {meta['mode']} mode, seeds {meta['seeds']}, {meta['threads']} torch thread(s) "
+        f"per experiment, {meta.get('jobs', 1)} parallel job(s), "
         f"torch {meta['torch']}, {meta['seconds']:.0f} s ({meta['cpu_seconds']:.0f} s of CPU). "
         f"Text: {meta.get('text_source', 'n/a')}.",
         "",
