@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.traintech-installed
 # The CPU wheel of torch lies on our machines; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo demo-quick bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,9 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/traintech demo
+
+demo-quick: $(STAMP)
+	$(BIN)/traintech demo --quick --out traintech-demo-quick
 
 bench: $(STAMP)
 	@set -e; for f in benchmarks/[a-z]*.py; do echo "== $$f"; $(BIN)/python $$f; done

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from traintech import __version__
 
-DEMO_EXPERIMENTS = ("init", "clip", "norm", "dropout")
+DEMO_EXPERIMENTS = ("init", "clip", "transformer", "norm", "dropout")
 
 
 def _experiment_list(text: str) -> list[str]:
@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--threads", type=_positive_int, default=1, help="torch threads to use (default: 1)"
     )
+    demo.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="experiments run in parallel processes (default: the number of cores, at most "
+        "the number of experiments); the numbers are the same as a serial run's",
+    )
 
     report = sub.add_parser(
         "report",
@@ -97,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             only=args.only,
             seeds=args.seeds,
             threads=args.threads,
+            jobs=args.jobs,
         )
     if args.command == "report":
         from traintech.monitor import render_report

@@ -36,7 +36,14 @@ def test_demo_options_are_parsed():
     )
 
 
-@pytest.mark.parametrize("bad", [["--only", "clip,bogus"], ["--threads", "0"], ["--seeds", "x"]])
+def test_demo_jobs_option():
+    assert build_parser().parse_args(["demo"]).jobs is None
+    assert build_parser().parse_args(["demo", "--jobs", "2", "--only", "transformer"]).jobs == 2
+
+
+@pytest.mark.parametrize(
+    "bad", [["--only", "clip,bogus"], ["--threads", "0"], ["--seeds", "x"], ["--jobs", "0"]]
+)
 def test_demo_rejects_bad_options(bad, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["demo", *bad])

@@ -1,26 +1,33 @@
-"""End-to-end test of ``traintech demo --quick`` (run once per module) and of its verdict rules."""
+"""End-to-end test of ``traintech demo --quick`` (run once, in two processes) and its outputs.
+
+The verdicts asserted here are the robust ones: far from their thresholds in the quick run and on
+every seed of the full run (docs/demo.md). The rest are checked only for following from their
+checks and effects.
+"""
 
 import contextlib
 import io
 import json
 import math
-import statistics
 import sys
 
 import pytest
 import torch
 
 from traintech.demo import run_demo
-from traintech.demo._dropout_exp import auroc
-from traintech.demo._report import json_ready
-from traintech.demo._verdict import HELD, IN_PART, NOT_HELD, NOT_TESTED, Check, Claim, fmt, judge
+from traintech.demo._runner import run_experiment
+from traintech.demo._verdict import HELD, INCONCLUSIVE, NOT_HELD, NOT_TESTED, VERDICTS
+
+# The quick run is about 55 s of CPU; on a machine shared with other jobs its wall time can pass
+# the suite's default 300 s timeout, which this module alone raises.
+pytestmark = pytest.mark.timeout(1800)
 
 PNGS = (
     "init_activation_std.png",
     "clip_curves.png",
+    "transformer.png",
     "norm_accuracy.png",
-    "dropout_curves.png",
-    "dropout_mc_entropy.png",
+    "dropout.png",
 )
 
 
@@ -37,7 +44,7 @@ def demo(tmp_path_factory):
     threads_before = torch.get_num_threads()
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        status = run_demo(quick=True, out=str(out), threads=1)
+        status = run_demo(quick=True, out=str(out), threads=1, jobs=2)
     results = _strict((out / "results.json").read_text())
     return {
         "status": status,
@@ -46,6 +53,10 @@ def demo(tmp_path_factory):
         "results": results,
         "threads_restored": torch.get_num_threads() == threads_before,
     }
+
+
+def _claims(demo):
+    return {c["key"]: c for c in demo["results"]["claims"]}
 
 
 def _numbers(demo, name):
@@ -57,66 +68,78 @@ def test_demo_succeeds_and_restores_threads(demo):
     assert demo["status"] == 0
     assert demo["threads_restored"]
     meta = demo["results"]["meta"]
-    assert meta["mode"] == "quick"
-    assert meta["seeds"] == [0]
-    assert meta["experiments"] == ["init", "clip", "norm", "dropout"]
+    assert meta["mode"] == "quick" and meta["seeds"] == [0] and meta["jobs"] == 2
+    assert meta["experiments"] == ["init", "clip", "transformer", "norm", "dropout"]
 
 
 @pytest.mark.slow
-def test_he_trains_and_small_init_does_not(demo):
-    acc = _numbers(demo, "init")["test_accuracy"]
-    assert acc["he"] >= 0.8
-    assert acc["small"] <= 0.2
-    last = _numbers(demo, "init")["activation_std_last_layer"]
-    assert last["small"] < 1e-10 < 0.1 < last["he"]
+@pytest.mark.parametrize(
+    ("key", "verdict"),
+    [
+        ("init.depth", HELD),
+        ("init.train", HELD),
+        ("clip.explode", HELD),
+        ("clip.direction", HELD),
+        ("transformer.spikes", HELD),
+        ("transformer.clip_norm", HELD),
+        ("transformer.clip_zclip_cap", HELD),
+        ("transformer.clip_zclip_adaptive", NOT_HELD),
+        ("transformer.clip_agc", HELD),
+        ("dropout.overfit_end", HELD),
+        ("dropout.mc_wrong", NOT_TESTED),
+    ],
+)
+def test_robust_verdicts(demo, key, verdict):
+    assert _claims(demo)[key]["verdict"] == verdict, _claims(demo)[key]["sentence"]
 
 
 @pytest.mark.slow
-def test_no_clipping_ends_worse_than_norm_clipping_by_a_nat(demo):
-    summary = _numbers(demo, "clip")["summary"]
-    none = summary["none"]["val_loss"]
-    none = math.inf if none == "inf" else none
-    assert none - summary["norm"]["val_loss"] >= 1.0
-    assert summary["norm"]["min_cosine"] >= 0.9999
-    assert summary["value"]["mean_cosine"] < 0.99
+def test_clipping_controls_were_run_at_the_measured_effective_lr(demo):
+    per_seed = _numbers(demo, "clip")["per_seed"]
+    coef = per_seed["norm"][0]["mean_coef"]
+    assert 0 < coef < 1
+    assert per_seed["control_eff"][0]["lr"] == pytest.approx(2.0 * coef, rel=1e-12)
+    tf = _numbers(demo, "transformer")["per_seed"]["clip"]
+    assert tf["control_eff"][0]["lr"] == pytest.approx(1.0 * tf["norm"][0]["mean_coef"])
+    assert tf["none"][0]["val_loss"] == "inf"  # unclipped SGD at lr 1.0 diverges
 
 
 @pytest.mark.slow
-def test_batchnorm_collapses_at_batch_two_and_trains_at_high_lr(demo):
-    numbers = _numbers(demo, "norm")
-    by_bs = numbers["test_accuracy_by_batch_size"]
-    assert by_bs["group"]["2"] - by_bs["batch"]["2"] >= 0.15
-    by_lr = numbers["test_accuracy_by_lr"]
-    assert by_lr["batch"]["0.3"] > 0.8
-    assert by_lr["none"]["0.3"] < 0.3
-
-
-@pytest.mark.slow
-def test_dropout_helps_char_mlp_and_mc_entropy_separates(demo):
-    summary = _numbers(demo, "dropout")["summary"]
-    val = summary["char_val_loss"]
-    assert val["plain"] - val["dropout"] >= 0.2
-    entropy = summary["mean_entropy"]
-    assert entropy["wrong"] >= 3 * entropy["correct"]
-    assert entropy["ood"] >= 3 * entropy["correct"]
-
-
-@pytest.mark.slow
-def test_verdicts_follow_from_their_checks(demo):
-    claims = demo["results"]["claims"]
-    assert {c["key"] for c in claims} >= {
-        "init.depth", "init.train", "init.tanh", "clip.explode", "clip.direction",
-        "clip.adaptive", "norm.small_batch", "norm.high_lr", "dropout.overfit", "dropout.mc",
-    }  # fmt: skip
-    for claim in claims:
-        passed = [check["passed"] for check in claim["checks"]]
+def test_results_json_schema(demo):
+    experiments = demo["results"]["experiments"]
+    for claim in demo["results"]["claims"]:
+        assert set(claim) >= {"key", "experiment", "text", "verdict", "sentence", "checks"}
+        assert claim["verdict"] in VERDICTS and claim["experiment"] in experiments
+        assert claim["sentence"].split(":")[0].lower().startswith(claim["verdict"].split()[0])
+        for check in claim["checks"]:
+            assert set(check) == {"name", "value", "op", "threshold", "passed"}
+            assert check["op"] in (">=", "<=", ">", "<")
+        for effect in claim["effects"]:
+            assert set(effect) >= {"name", "mean", "low", "high", "interval", "per_seed"}
+            assert len(effect["per_seed"]) == len(demo["results"]["meta"]["seeds"])
+        passed = [c["passed"] for c in claim["checks"]]
+        excluded = [e["excludes_no_effect"] for e in claim["effects"]]
         expected = (
             NOT_TESTED if not passed
-            else HELD if all(passed)
-            else NOT_HELD if not any(passed)
-            else IN_PART
+            else NOT_HELD if not all(passed)
+            else HELD if all(excluded)
+            else INCONCLUSIVE
         )  # fmt: skip
         assert claim["verdict"] == expected, claim["key"]
+    for experiment in experiments.values():
+        assert experiment["implementations"]
+        assert all(k.startswith("traintech.") for k in experiment["implementations"])
+        assert experiment["cpu_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_parallel_run_matches_a_serial_run(demo):
+    serial = run_experiment("norm", True, [0], 1, False)
+    parallel = _numbers(demo, "norm")
+    assert serial.numbers["per_seed"] == parallel["per_seed"]
+    assert [c.verdict for c in serial.claims] == [
+        c["verdict"] for c in demo["results"]["claims"] if c["experiment"] == "norm"
+    ]
 
 
 @pytest.mark.slow
@@ -127,19 +150,18 @@ def test_plots_are_real_pngs_embedded_in_the_html(demo, name):
     width = int.from_bytes(data[16:20], "big")
     height = int.from_bytes(data[20:24], "big")
     assert width >= 600 and height >= 300
-    html = (demo["out"] / "report.html").read_text()
-    assert f"alt='{name}'" in html
+    assert f"alt='{name}'" in (demo["out"] / "report.html").read_text()
 
 
 @pytest.mark.slow
-def test_terminal_summary_lists_every_claim_with_its_verdict(demo):
-    lines = demo["stdout"].splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("claim "))
-    rows = lines[header + 2 : header + 2 + len(demo["results"]["claims"])]
-    for row, claim in zip(rows, demo["results"]["claims"], strict=True):
-        assert claim["text"][:40] in row
-        assert f"  {claim['verdict']}  " in row
-    assert "report.html" in lines[-1]
+def test_terminal_summary_has_every_claim_and_number_untruncated(demo):
+    text = " ".join(line.strip() for line in demo["stdout"].splitlines())
+    for claim in demo["results"]["claims"]:
+        assert f"[{claim['verdict']}] {claim['text']}" in text
+        for check in claim["checks"]:
+            assert f"{check['op']} {check['threshold']!r}:" in text
+    assert "..." not in demo["stdout"]
+    assert "report.html" in demo["stdout"].splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -153,56 +175,11 @@ def test_reports_are_well_formed(demo):
     assert len(rows) == len(demo["results"]["claims"])
     for name in PNGS:
         assert f"![{name}]({name})" in md
-    experiments = demo["results"]["experiments"]
-    for experiment in experiments.values():
-        assert experiment["implementations"]
-        assert experiment["plots"]
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [([1.0, 1.0], HELD), ([1.0, 0.0], IN_PART), ([0.0, 0.0], NOT_HELD), ([math.nan], NOT_HELD)],
-)
-def test_judge_counts_passing_checks(values, expected):
-    checks = [Check(f"x{i}", v, ">=", 0.5) for i, v in enumerate(values)]
-    assert judge(checks) == expected
-
-
-@pytest.mark.parametrize(
-    ("op", "value", "passed"),
-    [(">=", 1.0, True), (">", 1.0, False), ("<=", 1.0, True), ("<", 1.0, False),
-     ("<", 0.5, True), (">", 2.0, True), (">=", math.inf, True), ("<=", math.nan, False)],
-)  # fmt: skip
-def test_check_compares_with_threshold(op, value, passed):
-    assert Check("x", value, op, 1.0).passed is passed
-
-
-def test_claim_without_checks_is_not_tested_and_bad_input_is_named():
-    assert Claim("k", "clip", "text").verdict == NOT_TESTED
-    with pytest.raises(ValueError, match="checks"):
-        judge([])
-    with pytest.raises(ValueError, match="op"):
-        Check("x", 1.0, "==", 1.0)
-
-
-def test_claim_serializes_each_check_with_its_outcome():
-    claim = Claim("k", "init", "t", [Check("a", 2.0, ">=", 1.0), Check("b", 0.0, ">=", 1.0)])
-    out = claim.to_dict()
-    assert out["verdict"] == IN_PART
-    assert [c["passed"] for c in out["checks"]] == [True, False]
-    assert claim.key_numbers() == "a 2; b 0"
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [(0.0, "0"), (0.12345, "0.123"), (12345.0, "1.23e+04"), (1e-5, "1.00e-05"),
-     (math.nan, "nan"), (-math.inf, "-inf")],
-)  # fmt: skip
-def test_fmt(value, text):
-    assert fmt(value) == text
 
 
 def test_json_ready_makes_strict_json():
+    from traintech.demo._report import json_ready
+
     data = {"a": [1.0, math.nan, math.inf], "b": {2: -math.inf}}
     assert _strict(json.dumps(json_ready(data), allow_nan=False)) == {
         "a": [1.0, "nan", "inf"],
@@ -210,18 +187,10 @@ def test_json_ready_makes_strict_json():
     }
 
 
-def test_auroc_matches_pairwise_definition():
-    gen = torch.Generator().manual_seed(0)
-    neg = torch.randint(0, 5, (40,), generator=gen).double()
-    pos = torch.randint(2, 8, (30,), generator=gen).double()
-    pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in pos.tolist() for n in neg.tolist()]
-    assert auroc(neg, pos) == pytest.approx(statistics.fmean(pairs), abs=1e-12)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"only": ["init", "bogus"]}, "only"), ({"only": []}, "only"), ({"seeds": 0}, "seeds"),
-     ({"threads": 0}, "threads")],
+     ({"threads": 0}, "threads"), ({"jobs": 0}, "jobs"), ({"seeds": True}, "seeds")],
 )  # fmt: skip
 def test_run_demo_rejects_bad_arguments(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):

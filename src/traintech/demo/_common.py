@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from traintech.demo._data import take_batches
-from traintech.demo._verdict import Claim
+from traintech.demo._stats import seed_interval
+from traintech.demo._verdict import Claim, Effect
 
 Tick = Callable[[], None]
 
@@ -22,13 +23,13 @@ class ExperimentResult:
     """The outcome of one experiment.
 
     Attributes:
-        name: ``init``, ``clip``, ``norm`` or ``dropout``.
+        name: ``init``, ``clip``, ``transformer``, ``norm`` or ``dropout``.
         title: a heading for the report.
         settings: the configuration that ran (JSON-ready).
         numbers: every measured number, aggregated over seeds and per seed (JSON-ready).
         claims: the claims with their checks and verdicts.
         plots: ``{file name: caption}`` of the figures written for this experiment.
-        sources: which implementation each technique came from.
+        sources: ``{traintech name: defining module}`` of what the experiment imports.
         seconds: wall time of the experiment.
         cpu_seconds: CPU time of the experiment (close to the wall time on an idle machine).
     """
@@ -50,6 +51,11 @@ def mean(values: Sequence[float]) -> float:
         return math.inf
     finite = [v for v in values if not math.isnan(v)]
     return statistics.fmean(finite) if finite else math.nan
+
+
+def effect(what: str, per_seed: Sequence[float], op: str = ">", null: float = 0.0) -> Effect:
+    """An :class:`Effect` from per-seed differences, with their 95% interval across seeds."""
+    return Effect(what, seed_interval(per_seed), op, null)
 
 
 def mlp(

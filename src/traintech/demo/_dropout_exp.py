@@ -1,12 +1,16 @@
 """Experiment 4, dropout: the train/validation gap, and Monte Carlo dropout's uncertainty.
 
-1. Clean digits: an MLP (64-256-256-10) trained with and without dropout (p=0.5): on this easy,
-   clean task dropout may change nothing, and the report says so.
+1. Digits: an MLP (64-256-256-10) trained on 500 of the training digits with and without
+   dropout (p=0.5): on this clean task dropout may change little, and the report says so.
 2. A character-level MLP on a small slice of CPython's docs (8 characters of context): without
-   dropout it memorizes the slice and its validation cross-entropy climbs; with p=0.5 it does not.
+   dropout it memorizes the slice and its validation cross-entropy climbs. Compared twice: at
+   the end of training, and at each run's best validation loss (early stopping), the control
+   that asks whether dropout beats simply stopping early.
 3. Monte Carlo dropout on the digits MLP: predictive entropy on correct and on misclassified
    test digits and on out-of-distribution patches of scikit-learn's sample photos, and the AUROC
    of entropy for telling those patches from test digits, with MC dropout and with dropout off.
+   Samples are pooled across seeds; AUROCs come with a 95% bootstrap interval, and the
+   misclassified-digit claim is tested only with at least ``min_pooled`` misclassified digits.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from traintech.demo._common import ExperimentResult, Tick, accuracy, mean
+from traintech.demo._common import ExperimentResult, Tick, accuracy, effect, mean
 from traintech.demo._data import load_digits, load_ood_patches, load_text, take_batches
 from traintech.demo._impl import implementation_sources
-from traintech.demo._verdict import Check, Claim
+from traintech.demo._stats import Interval, auroc, bootstrap_auroc
+from traintech.demo._verdict import Check, Claim, Effect
 from traintech.dropout import Dropout, mc_predict
 
 
@@ -43,8 +48,12 @@ class DropoutConfig:
     char_batch: int = 64
     char_lr: float = 1e-3
     eval_every: int = 100
+    digits_train: int = 500
     mc_samples: int = 30
     ood_patches: int = 500
+    min_pooled: int = 50
+    min_auroc_gain: float = 0.02
+    bootstrap: int = 1000
 
     @classmethod
     def quick(cls) -> DropoutConfig:
@@ -56,6 +65,7 @@ class DropoutConfig:
             mc_samples=20,
             ood_patches=300,
             char_val_chars=4_000,
+            bootstrap=300,
         )
 
 
@@ -149,21 +159,6 @@ def _char_data(cfg: DropoutConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, int]
     return x, y, xv, yv, text.vocab_size
 
 
-def auroc(negatives: Tensor, positives: Tensor) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    scores = torch.cat([negatives, positives]).double()
-    ranks = torch.empty_like(scores)
-    order = scores.argsort()
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores.unique():  # average ranks over ties
-        tie = scores == value
-        if int(tie.sum()) > 1:
-            ranks[tie] = ranks[tie].mean()
-    n_pos, n_neg = len(positives), len(negatives)
-    rank_sum = float(ranks[len(negatives) :].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
 def _entropy(probs: Tensor) -> Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
 
@@ -171,6 +166,7 @@ def _entropy(probs: Tensor) -> Tensor:
 def run_seed(cfg: DropoutConfig, seed: int, tick: Tick) -> dict[str, object]:
     """All three parts of the dropout experiment for one seed."""
     digits = load_digits()
+    x_small, y_small = digits.x_train[: cfg.digits_train], digits.y_train[: cfg.digits_train]
     out: dict[str, object] = {}
     models: dict[str, nn.Module] = {}
     for name, p in (("plain", 0.0), ("dropout", cfg.p)):
@@ -183,8 +179,8 @@ def run_seed(cfg: DropoutConfig, seed: int, tick: Tick) -> dict[str, object]:
         curves = _fit(
             model,
             opt,
-            digits.x_train,
-            digits.y_train,
+            x_small,
+            y_small,
             digits.x_test,
             digits.y_test,
             cfg.digits_steps,
@@ -231,111 +227,237 @@ def run_seed(cfg: DropoutConfig, seed: int, tick: Tick) -> dict[str, object]:
             det[name] = (_entropy(net(digits.x_test).softmax(-1)), _entropy(net(ood).softmax(-1)))
     tick()
     out["mc"] = {
-        "entropy_correct": ent_test[correct].tolist(),
-        "entropy_wrong": ent_test[~correct].tolist(),
+        "entropy_test": ent_test.tolist(),
+        "entropy_test_dropout_off": det["dropout"][0].tolist(),
+        "correct": correct.tolist(),
         "entropy_ood": ent_ood.tolist(),
+        "entropy_ood_dropout_off": det["dropout"][1].tolist(),
         "mc_accuracy": float(correct.float().mean()),
         "auroc_mc": auroc(ent_test, ent_ood),
         "auroc_dropout_off": auroc(*det["dropout"]),
         "auroc_no_dropout_model": auroc(*det["plain"]),
+        "auroc_wrong_vs_correct": (
+            auroc(ent_test[correct], ent_test[~correct])
+            if 0 < int(correct.sum()) < len(correct)
+            else math.nan
+        ),
     }
     return out
 
 
+def _pooled(runs: list[dict[str, Any]], key: str) -> Tensor:
+    return torch.tensor([v for r in runs for v in r["mc"][key]], dtype=torch.float64)
+
+
 def run_dropout(cfg: DropoutConfig, seeds: list[int], tick: Tick) -> ExperimentResult:
     """Run the dropout experiment for each seed; return numbers and verdicts."""
-    runs = [run_seed(cfg, seed, tick) for seed in seeds]
+    runs: list[dict[str, Any]] = [run_seed(cfg, seed, tick) for seed in seeds]
 
-    def avg(part: str, key: str) -> float:
-        return mean([float(r[part][key]) for r in runs])  # type: ignore[index]
+    def per_seed(part: str, key: str) -> list[float]:
+        return [float(r[part][key]) for r in runs]
 
-    def avg_entropy(key: str) -> float:
-        return mean([mean(r["mc"][key]) if r["mc"][key] else math.nan for r in runs])  # type: ignore[index]
-
+    ent = _pooled(runs, "entropy_test")
+    ent_off = _pooled(runs, "entropy_test_dropout_off")
+    correct = _pooled(runs, "correct").bool()
+    ood, ood_off = _pooled(runs, "entropy_ood"), _pooled(runs, "entropy_ood_dropout_off")
+    ood_auc = bootstrap_auroc(ent, ood, resamples=cfg.bootstrap)
+    ood_gain = bootstrap_auroc(ent, ood, resamples=cfg.bootstrap, baseline=(ent_off, ood_off))
+    n_wrong = int((~correct).sum())
+    wrong_auc = (
+        bootstrap_auroc(ent[correct], ent[~correct], resamples=cfg.bootstrap)
+        if n_wrong >= 1
+        else (math.nan, math.nan, math.nan)
+    )
     summary = {
         "digits_test_accuracy": {
-            "plain": avg("digits_plain", "test_accuracy"),
-            "dropout": avg("digits_dropout", "test_accuracy"),
-        },
-        "digits_gap": {
-            "plain": avg("digits_plain", "gap"),
-            "dropout": avg("digits_dropout", "gap"),
+            "plain": mean(per_seed("digits_plain", "test_accuracy")),
+            "dropout": mean(per_seed("digits_dropout", "test_accuracy")),
         },
         "char_val_loss": {
-            "plain": avg("char_plain", "val_loss"),
-            "dropout": avg("char_dropout", "val_loss"),
+            "plain": mean(per_seed("char_plain", "val_loss")),
+            "dropout": mean(per_seed("char_dropout", "val_loss")),
         },
         "char_best_val_loss": {
-            "plain": avg("char_plain", "best_val_loss"),
-            "dropout": avg("char_dropout", "best_val_loss"),
+            "plain": mean(per_seed("char_plain", "best_val_loss")),
+            "dropout": mean(per_seed("char_dropout", "best_val_loss")),
         },
-        "char_gap": {"plain": avg("char_plain", "gap"), "dropout": avg("char_dropout", "gap")},
-        "mean_entropy": {k: avg_entropy(f"entropy_{k}") for k in ("correct", "wrong", "ood")},
-        "auroc": {
-            "mc_dropout": avg("mc", "auroc_mc"),
-            "dropout_off": avg("mc", "auroc_dropout_off"),
-            "no_dropout_model": avg("mc", "auroc_no_dropout_model"),
+        "char_gap": {
+            "plain": mean(per_seed("char_plain", "gap")),
+            "dropout": mean(per_seed("char_dropout", "gap")),
         },
-        "mc_accuracy": avg("mc", "mc_accuracy"),
+        "pooled": {
+            "test_digits": len(correct),
+            "misclassified": n_wrong,
+            "ood_patches": len(ood),
+            "mean_entropy_correct": float(ent[correct].mean())
+            if n_wrong < len(correct)
+            else math.nan,
+            "mean_entropy_wrong": float(ent[~correct].mean()) if n_wrong else math.nan,
+            "mean_entropy_ood": float(ood.mean()),
+            "auroc_wrong_vs_correct": list(wrong_auc),
+            "auroc_ood_mc": list(ood_auc),
+            "auroc_ood_mc_minus_dropout_off": list(ood_gain),
+        },
+        "mc_accuracy": mean(per_seed("mc", "mc_accuracy")),
     }
     numbers = {"summary": summary, "per_seed": runs, "seeds": seeds}
     return ExperimentResult(
         name="dropout",
-        title="Dropout: overfitting, and uncertainty with Monte Carlo dropout",
+        title="Dropout: overfitting with an early-stopping control, and MC-dropout uncertainty",
         settings=asdict(cfg),
         numbers=numbers,
-        claims=_claims(cfg, summary),
+        claims=_claims(cfg, runs, summary),
         sources=implementation_sources("dropout"),
     )
 
 
-def _claims(cfg: DropoutConfig, s: dict[str, Any]) -> list[Claim]:
-    acc, dgap = s["digits_test_accuracy"], s["digits_gap"]
-    val, cgap = s["char_val_loss"], s["char_gap"]
-    ent, roc = s["mean_entropy"], s["auroc"]
-    assert isinstance(acc, dict) and isinstance(dgap, dict) and isinstance(val, dict)
-    assert isinstance(cgap, dict) and isinstance(ent, dict) and isinstance(roc, dict)
-    gap_ratio = cgap["dropout"] / cgap["plain"] if cgap["plain"] > 0 else math.nan
-    overfit = Claim(
-        key="dropout.overfit",
+def _boot(
+    what: str, est: tuple[float, float, float], per_seed: list[float], n: int, null: float
+) -> Effect:
+    kind = f"95% bootstrap interval, samples pooled over {n} seed(s)"
+    return Effect(what, Interval(est[0], est[1], est[2], kind, tuple(per_seed)), ">", null)
+
+
+def _claims(cfg: DropoutConfig, runs: list[dict[str, Any]], s: dict[str, Any]) -> list[Claim]:
+    def minus(part_a: str, part_b: str, key: str) -> list[float]:
+        return [float(r[part_a][key]) - float(r[part_b][key]) for r in runs]
+
+    end_gain = minus("char_plain", "char_dropout", "val_loss")
+    best_gain = minus("char_plain", "char_dropout", "best_val_loss")
+    acc_gain = minus("digits_dropout", "digits_plain", "test_accuracy")
+    setting = (
+        f"character MLP on {cfg.char_train_chars:,} characters, Adam lr {cfg.char_lr!r}, "
+        f"{cfg.char_steps} steps, p={cfg.p!r}"
+    )
+    at_end = Claim(
+        key="dropout.overfit_end",
         experiment="dropout",
-        text="Dropout prevents overfitting: it closes the train/test gap and improves held-out "
-        "loss",
+        text="Dropout prevents overfitting: better held-out loss at the end of training",
+        compared=f"dropout vs none at the last step ({setting}): no dropout minus dropout = "
+        f"{mean(end_gain):+.4g} nats; this is the gain when you train to a fixed budget "
+        "without early stopping.",
         checks=[
             Check(
-                "char-MLP val loss, no dropout minus dropout (nats)",
-                val["plain"] - val["dropout"],
-                ">=",
-                0.2,
-            ),
-            Check("char-MLP train/val gap, dropout / no dropout", gap_ratio, "<=", 0.5),
+                "final val loss, no dropout minus dropout, mean (nats)", mean(end_gain), ">=", 0.05
+            )
+        ],
+        effects=[effect("final val loss, no dropout minus dropout (nats)", end_gain)],
+        note=f"Validation loss every {cfg.eval_every} steps; the end is the last point.",
+    )
+    at_best = Claim(
+        key="dropout.overfit_best",
+        experiment="dropout",
+        text="Dropout beats early stopping: better best held-out loss",
+        compared=f"dropout vs none, each at its best validation point ({setting}): no dropout "
+        f"minus dropout = {mean(best_gain):+.4g} nats: "
+        + (
+            "dropout helps beyond early stopping."
+            if mean(best_gain) >= 0.05
+            else "with early stopping most of dropout's end-of-training gain disappears."
+        ),
+        checks=[
             Check(
-                "digits test accuracy, dropout minus none",
-                acc["dropout"] - acc["plain"],
+                "best val loss, no dropout minus dropout, mean (nats)", mean(best_gain), ">=", 0.05
+            )
+        ],
+        effects=[effect("best val loss, no dropout minus dropout (nats)", best_gain)],
+        note="The early-stopping control: each run is read at its lowest validation loss.",
+    )
+    digits = Claim(
+        key="dropout.digits",
+        experiment="dropout",
+        text="Dropout improves test accuracy of an MLP on digits",
+        compared=f"64-256-256-10 MLP on {cfg.digits_train} training digits with p={cfg.p!r} vs "
+        f"without: dropout minus none = {mean(acc_gain):+.4g} test accuracy.",
+        checks=[Check("test accuracy, dropout minus none, mean", mean(acc_gain), ">=", 0.005)],
+        effects=[effect("test accuracy, dropout minus none", acc_gain)],
+        note=f"SGD momentum 0.9, lr {cfg.digits_lr!r}, {cfg.digits_steps} steps of "
+        f"{cfg.digits_batch}.",
+    )
+    p = s["pooled"]
+    n = len(runs)
+    per_seed_ood = [float(r["mc"]["auroc_mc"]) for r in runs]
+    per_seed_gain = [float(r["mc"]["auroc_mc"]) - float(r["mc"]["auroc_dropout_off"]) for r in runs]
+    ood = Claim(
+        key="dropout.mc_ood",
+        experiment="dropout",
+        text="Monte Carlo dropout flags unfamiliar inputs by high predictive entropy",
+        compared=f"entropy of the MC-dropout mean ({cfg.mc_samples} samples) on "
+        f"{p['ood_patches']} photo patches vs {p['test_digits']} test digits, pooled over {n} "
+        f"seed(s): AUROC {p['auroc_ood_mc'][0]:.4g}, {p['auroc_ood_mc_minus_dropout_off'][0]:+.4g} "
+        "over the same net with dropout off: "
+        + (
+            "the sampling adds to a single deterministic pass."
+            if p["auroc_ood_mc_minus_dropout_off"][0] >= cfg.min_auroc_gain
+            else "a single deterministic pass's entropy does about as well; sampling is not "
+            "worth its cost for OOD detection here."
+        ),
+        checks=[
+            Check("OOD AUROC of MC entropy, pooled", p["auroc_ood_mc"][0], ">=", 0.8),
+            Check(
+                "OOD AUROC, MC dropout minus dropout off, pooled",
+                p["auroc_ood_mc_minus_dropout_off"][0],
                 ">=",
-                0.01,
+                cfg.min_auroc_gain,
             ),
         ],
-        note=f"p={cfg.p}. The char-MLP sees only {cfg.char_train_chars:,} characters and "
-        "overfits; clean digits leave little to gain.",
-    )
-    c = ent["correct"]
-    mc = Claim(
-        key="dropout.mc",
-        experiment="dropout",
-        text="Monte Carlo dropout measures uncertainty: high entropy on wrong and unfamiliar "
-        "inputs",
-        checks=[
-            Check("entropy wrong / correct", ent["wrong"] / c if c > 0 else math.nan, ">=", 3.0),
-            Check("entropy OOD / correct", ent["ood"] / c if c > 0 else math.nan, ">=", 3.0),
-            Check(
+        effects=[
+            _boot("OOD AUROC of MC entropy", tuple(p["auroc_ood_mc"]), per_seed_ood, n, 0.5),
+            _boot(
                 "OOD AUROC, MC dropout minus dropout off",
-                roc["mc_dropout"] - roc["dropout_off"],
-                ">=",
-                0.02,
+                tuple(p["auroc_ood_mc_minus_dropout_off"]),
+                per_seed_gain,
+                n,
+                0.0,
             ),
         ],
-        note=f"{cfg.mc_samples} samples; OOD inputs are 8x8 patches of scikit-learn's sample "
-        "photos.",
+        note="OOD inputs are 8x8 patches of scikit-learn's sample photos.",
     )
-    return [overfit, mc]
+    wrong_text = "Monte Carlo dropout's entropy is higher on misclassified inputs"
+    if p["misclassified"] < cfg.min_pooled:
+        wrong = Claim(
+            key="dropout.mc_wrong",
+            experiment="dropout",
+            text=wrong_text,
+            compared=f"only {p['misclassified']} misclassified digits pooled over {n} seed(s), "
+            f"fewer than the {cfg.min_pooled} this comparison needs: run more seeds.",
+            note="Not tested: too few misclassified samples for an AUROC interval.",
+        )
+    else:
+        ratio = p["mean_entropy_wrong"] / p["mean_entropy_correct"]
+        wrong = Claim(
+            key="dropout.mc_wrong",
+            experiment="dropout",
+            text=wrong_text,
+            compared=f"MC-dropout entropy on {p['misclassified']} misclassified vs "
+            f"{p['test_digits'] - p['misclassified']} correct test digits, pooled over {n} "
+            f"seed(s): AUROC {p['auroc_wrong_vs_correct'][0]:.4g}, mean entropy ratio "
+            f"{ratio:.4g}: use the entropy to route doubtful predictions to review.",
+            checks=[
+                Check(
+                    "pooled misclassified digits",
+                    float(p["misclassified"]),
+                    ">=",
+                    float(cfg.min_pooled),
+                ),
+                Check("entropy wrong / correct, pooled means", ratio, ">=", 2.0),
+                Check(
+                    "AUROC of entropy, wrong vs correct, pooled",
+                    p["auroc_wrong_vs_correct"][0],
+                    ">=",
+                    0.75,
+                ),
+            ],
+            effects=[
+                _boot(
+                    "AUROC of entropy, wrong vs correct",
+                    tuple(p["auroc_wrong_vs_correct"]),
+                    [float(r["mc"]["auroc_wrong_vs_correct"]) for r in runs],
+                    n,
+                    0.5,
+                )
+            ],
+            note=f"At least {cfg.min_pooled} misclassified samples are required, pooled "
+            "across seeds.",
+        )
+    return [at_end, at_best, digits, ood, wrong]

@@ -11,9 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from traintech.demo._common import ExperimentResult
-from traintech.demo._verdict import HELD, IN_PART, NOT_HELD, NOT_TESTED
+from traintech.demo._verdict import HELD, INCONCLUSIVE, NOT_HELD, NOT_TESTED
 
-_BADGE = {HELD: "#2e7d32", IN_PART: "#ef6c00", NOT_HELD: "#c62828", NOT_TESTED: "#757575"}
+_BADGE = {
+    HELD: "#2e7d32",
+    INCONCLUSIVE: "#ef6c00",
+    NOT_HELD: "#c62828",
+    NOT_TESTED: "#757575",
+}
+
+_RULE = (
+    "A claim **held** when every check passed on the mean and every effect's 95% interval "
+    "across seeds excludes no effect; **inconclusive** when the checks passed but an interval "
+    "includes no effect; **did not hold** when any check failed on the mean. Thresholds are "
+    "written in the code (`traintech/demo/_*_exp.py`) and printed at full precision."
+)
 
 
 def json_ready(value: Any) -> Any:
@@ -49,7 +61,10 @@ def write_json(results: Sequence[ExperimentResult], meta: dict[str, Any], path: 
 
 
 def _implementations(result: ExperimentResult) -> str:
-    return "Implementations tested (traintech's own): " + ", ".join(sorted(result.sources)) + "."
+    names = [f"{name} (defined in {module})" for name, module in sorted(result.sources.items())]
+    return "Implementations tested (traintech's own, read from the experiment's imports): " + (
+        ", ".join(names) + "." if names else "none."
+    )
 
 
 def write_markdown(results: Sequence[ExperimentResult], meta: dict[str, Any], path: Path) -> None:
@@ -57,20 +72,19 @@ def write_markdown(results: Sequence[ExperimentResult], meta: dict[str, Any], pa
     lines = [
         "# traintech demo report",
         "",
-        f"Run: {meta['mode']} mode, seeds {meta['seeds']}, {meta['threads']} torch thread(s), "
+        f"Run: {meta['mode']} mode, seeds {meta['seeds']}, {meta['threads']} torch thread(s) "
+        f"per experiment, {meta.get('jobs', 1)} parallel job(s), "
         f"torch {meta['torch']}, {meta['seconds']:.0f} s ({meta['cpu_seconds']:.0f} s of CPU). "
         f"Text: {meta.get('text_source', 'n/a')}.",
         "",
-        "A claim **held** when every check below it passed, **held in part** when some did, "
-        "and **did not hold** when none did. Thresholds are written in the code "
-        "(`traintech/demo/_*_exp.py`) and printed next to each number.",
+        _RULE,
         "",
-        "| claim | verdict | key numbers |",
+        "| claim | verdict | what was compared |",
         "|---|---|---|",
     ]
     for r in results:
         for c in r.claims:
-            lines.append(f"| {c.text} | **{c.verdict}** | {c.key_numbers()} |")
+            lines.append(f"| {c.text} | **{c.verdict}** | {c.sentence} |")
     for r in results:
         lines += [
             "",
@@ -80,8 +94,9 @@ def write_markdown(results: Sequence[ExperimentResult], meta: dict[str, Any], pa
         ]
         lines += ["", _implementations(r)]
         for c in r.claims:
-            lines += ["", f"### {c.text}: {c.verdict}", ""]
-            lines += [f"- {check.describe()}" for check in c.checks]
+            lines += ["", f"### {c.text}: {c.verdict}", "", c.sentence, ""]
+            lines += [f"- check: {check.describe()}" for check in c.checks]
+            lines += [f"- effect: {e.describe()}" for e in c.effects]
             if c.note:
                 lines += [f"- {c.note}"]
         for name, text in r.plots.items():
@@ -115,16 +130,14 @@ def write_html(results: Sequence[ExperimentResult], meta: dict[str, Any], out: P
         f"thread(s), torch {esc(meta['torch'])}, {meta['seconds']:.0f} s "
         f"({meta['cpu_seconds']:.0f} s of CPU). Text: "
         f"{esc(str(meta.get('text_source', 'n/a')))}.</p>",
-        "<p>A claim <b>held</b> when every check passed, <b>held in part</b> when some did, and "
-        "<b>did not hold</b> when none did. The thresholds are in the code and next to each "
-        "number below.</p>",
-        "<table><tr><th>claim</th><th>verdict</th><th>key numbers</th></tr>",
+        f"<p>{esc(_RULE).replace('**', '')}</p>",
+        "<table><tr><th>claim</th><th>verdict</th><th>what was compared</th></tr>",
     ]
     for r in results:
         for c in r.claims:
             parts.append(
                 f"<tr><td>{esc(c.text)}</td><td>{_badge(c.verdict)}</td>"
-                f"<td>{esc(c.key_numbers())}</td></tr>"
+                f"<td>{esc(c.sentence)}</td></tr>"
             )
     parts.append("</table>")
     for r in results:
@@ -134,10 +147,13 @@ def write_html(results: Sequence[ExperimentResult], meta: dict[str, Any], out: P
         )
         parts.append(f"<p class='note'>{esc(_implementations(r))}</p>")
         for c in r.claims:
-            parts.append(f"<h3>{esc(c.text)} {_badge(c.verdict)}</h3><ul>")
+            parts.append(f"<h3>{esc(c.text)} {_badge(c.verdict)}</h3><p>{esc(c.sentence)}</p><ul>")
             for check in c.checks:
                 css = "pass" if check.passed else "fail"
-                parts.append(f"<li class='{css}'>{esc(check.describe())}</li>")
+                parts.append(f"<li class='{css}'>check: {esc(check.describe())}</li>")
+            for e in c.effects:
+                css = "pass" if e.excludes_null else "fail"
+                parts.append(f"<li class='{css}'>effect: {esc(e.describe())}</li>")
             if c.note:
                 parts.append(f"<li>{esc(c.note)}</li>")
             parts.append("</ul>")
