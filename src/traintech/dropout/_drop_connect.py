@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_generator
 from traintech.dropout import functional as F
-from traintech.dropout._checks import check_generator, check_mode, check_p
+from traintech.dropout._checks import check_mode, check_p
 
 _INNER = "module."
 

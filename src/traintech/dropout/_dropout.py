@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_generator
 from traintech.dropout import functional as F
-from traintech.dropout._checks import check_generator, check_mode, check_p
+from traintech.dropout._checks import check_mode, check_p
 
 
 class Dropout(nn.Dropout):
@@ -36,7 +37,7 @@ class Dropout(nn.Dropout):
     Example:
         >>> m = Dropout(0.5, generator=torch.Generator().manual_seed(0))
         >>> m(torch.ones(6))
-        tensor([0., 2., 0., 0., 0., 2.])
+        tensor([0., 0., 2., 0., 0., 0.])
         >>> m.eval()(torch.ones(2))
         tensor([1., 1.])
     """
