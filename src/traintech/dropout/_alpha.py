@@ -130,7 +130,8 @@ def feature_alpha_dropout(
         The alpha-dropped tensor.
 
     Raises:
-        ValueError: if ``input`` has fewer than 2 dimensions.
+        ValueError: if ``training`` and ``input`` has fewer than 2 dimensions (as torch,
+            which returns a 0-D/1-D input unchanged when not training).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -143,7 +144,7 @@ def feature_alpha_dropout(
             feature_alpha_dropout, (input,), input, p, training, inplace, generator=generator
         )
     check_input(input)
-    if input.dim() < 2:
+    if training is True and input.dim() < 2:  # as torch: only checked when it would drop
         raise ValueError(
             f"feature_alpha_dropout: input must have at least 2 dimensions (N, C, *); got "
             f"input of shape {tuple(input.shape)}"

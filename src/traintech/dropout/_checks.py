@@ -155,14 +155,14 @@ def keep_like(
     """A keep mask of ``shape`` in ``input``'s dtype: 1 with probability ``1 - p``, else 0.
 
     Made from ``input`` (``empty_like(input)`` or ``input.new_empty(shape)``, then
-    ``bernoulli_``), so it follows ``input`` through DTensor, fake tensors and tracing; under
-    ``torch.func`` transforms the out-of-place ``torch.bernoulli`` is used, which ``vmap``
-    batches (``randomness="different"``/``"same"``) even for an unbatched ``input``.
+    ``bernoulli_``), so it follows ``input`` through DTensor, fake tensors and tracing. Under
+    ``torch.func`` transforms it is drawn out of place from a fresh tensor of the per-sample
+    ``shape``, which ``vmap`` batches as asked (``randomness="different"`` or ``"same"``).
     """
-    full = tuple(shape) == tuple(input.shape)
     if not torch.compiler.is_compiling() and _compat.functorch_transform_active():
-        base = input if full else input.new_empty(shape)
+        base = torch.empty(shape, dtype=input.dtype, device=input.device)
         return torch.bernoulli(base, 1.0 - p, generator=generator)
+    full = tuple(shape) == tuple(input.shape)
     base = torch.empty_like(input) if full else input.new_empty(shape)
     return base.bernoulli_(1.0 - p, generator=generator)
 

@@ -251,8 +251,19 @@ def _lowmem_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     ctx.numel = x.numel()
 
 
+@torch.library.custom_op("traintech::regen_words", mutates_args=(), device_types="cpu")
+def regen_words(like: Tensor, p: float, seed: int) -> Tensor:
+    """The packed drop mask for ``like``'s elements drawn from ``seed`` (low-memory replay)."""
+    return drop_words(_n_words(like.numel()), p, seed)
+
+
+@regen_words.register_fake
+def _(like: Tensor, p: float, seed: int) -> Tensor:
+    return like.new_empty((_n_words(like.numel()),), dtype=torch.int64)
+
+
 def _lowmem_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-    words = drop_words(_n_words(ctx.numel), ctx.p, ctx.seed)
+    words = regen_words(grad, ctx.p, ctx.seed)
     return apply_bits(grad, words, ctx.scale), None, None, None
 
 
