@@ -193,8 +193,9 @@ def _apply_bits_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
 apply_bits.register_autograd(_apply_bits_backward, setup_context=_apply_bits_setup)
 
 
-@apply_bits.register_vmap
-def _(info: Any, in_dims: tuple[Any, ...], t: Tensor, words: Tensor, scale: float) -> Any:
+def _apply_bits_vmap(
+    info: Any, in_dims: tuple[Any, ...], t: Tensor, words: Tensor, scale: float
+) -> Any:
     # Batched over t only (a mask is one draw): every sample gets the same mask, as eagerly.
     if in_dims[1] is not None:
         raise RuntimeError("traintech::apply_bits: a batched drop mask is not supported under vmap")
@@ -204,6 +205,10 @@ def _(info: Any, in_dims: tuple[Any, ...], t: Tensor, words: Tensor, scale: floa
     t = t.movedim(t_dim, 0)
     factors = words_factors(t[0], words, scale)
     return t * factors, 0
+
+
+if hasattr(apply_bits, "register_vmap"):  # torch >= 2.5 (no batched backward on 2.4)
+    apply_bits.register_vmap(_apply_bits_vmap)
 
 
 @torch.library.custom_op("traintech::bit_dropout", mutates_args=(), device_types="cpu")
@@ -247,8 +252,7 @@ def _(x: Tensor, p: float, scale: float, seed: int) -> Tensor:
 
 
 def _lowmem_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-    x, ctx.p, ctx.scale, ctx.seed = inputs
-    ctx.numel = x.numel()
+    _, ctx.p, ctx.scale, ctx.seed = inputs
 
 
 @torch.library.custom_op("traintech::regen_words", mutates_args=(), device_types="cpu")
