@@ -116,11 +116,15 @@ def test_grad_jvp_jacrev_same_as_torch(name: str) -> None:
     x = _x(name, 2)
     t = torch.randn_like(x)
     outs = []
+    outs_train: list[torch.Tensor] = []
     for m in (ours, ref):
         torch.manual_seed(5)
         g = grad(lambda v, m=m: (m(v) ** 2).sum())(x)
         torch.manual_seed(5)
         j = jvp(m, (x,), (t,))[1]
+        torch.manual_seed(5)
+        jr_train = jacrev(m)(x)  # training: one draw, its Jacobian is diagonal mask * scale
+        outs_train.append(jr_train)
         m.eval()
         jr = jacrev(m)(x)
         m.train()
