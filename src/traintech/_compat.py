@@ -133,3 +133,83 @@ PADDING_BASES: tuple[type[torch.nn.Module], ...] = (
     torch.nn.modules.padding._ReflectionPadNd,
     torch.nn.modules.padding._ReplicationPadNd,
 )
+
+
+# --- dropout: dispatch gates and checkpoint replay (appended by the dropout family) ---------
+
+
+def is_functorch_wrapped(t: Tensor) -> bool:
+    """Whether ``t`` is wrapped by a ``torch.func`` transform (vmap, grad, jvp, jacrev, ...)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def tracing_or_mode_active() -> bool:
+    """Whether a tracer or mode would record the ops run now (FX, make_fx/export, a mode).
+
+    True under ``torch.fx`` symbolic tracing, under any ``TorchDispatchMode`` (proxy tracing,
+    fake tensors, functionalization, ``FlopCounterMode``, ...) and any ``TorchFunctionMode``
+    other than torch's always-on device context.
+    """
+    from torch.fx import _symbolic_trace
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    is_fx_tracing = getattr(
+        _symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing
+    )
+    if is_fx_tracing() or _get_current_dispatch_mode() is not None:
+        return True
+    return any(not isinstance(m, DeviceContext) for m in _get_current_function_mode_stack())
+
+
+def current_graph_task_id() -> int:
+    """The id of the autograd backward running now on this thread, or -1 outside backward."""
+    return int(torch._C._current_graph_task_id())
+
+
+def checkpoint_region() -> tuple[object, bool] | None:
+    """The innermost ``torch.utils.checkpoint`` region running now, and whether it recomputes.
+
+    Returns ``(region, recomputing)``: ``region`` is an object that is the same in the original
+    forward and in every recomputation of one checkpointed call (the reentrant variant's
+    autograd ``ctx``, the non-reentrant variant's ``_CheckpointFrame``), ``recomputing`` is
+    True inside the recomputation. None outside checkpointed code. Found by walking the
+    Python stack for torch's checkpoint frames.
+    """
+    import sys
+
+    import torch.utils.checkpoint as ckpt
+
+    ckpt_file = ckpt.__file__
+    fwd_code = ckpt.CheckpointFunction.forward.__code__
+    bwd_code = ckpt.CheckpointFunction.backward.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename == ckpt_file:
+            local = frame.f_locals
+            if code is fwd_code and "ctx" in local:
+                return local["ctx"], False
+            if code is bwd_code and "ctx" in local:
+                return local["ctx"], True
+            if code.co_name == "unpack_hook" and "frame" in local:
+                return local["frame"], True
+            if code.co_name == "checkpoint" and local.get("gen") is not None:
+                gen_frame = getattr(local["gen"], "gi_frame", None)
+                region = None if gen_frame is None else gen_frame.f_locals.get("new_frame")
+                if region is not None:
+                    return region, False
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def default_mps_generator() -> torch.Generator | None:
+    """Torch's default MPS generator (``torch.mps`` exposes no ``default_generators``)."""
+    getter = getattr(torch.mps, "_get_default_mps_generator", None)
+    return None if getter is None else getter()
+
+
+def functorch_transform_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jvp, ...) is running now."""
+    return torch._C._functorch.peek_interpreter_stack() is not None

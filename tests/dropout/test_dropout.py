@@ -77,8 +77,13 @@ def test_saved_for_backward(shape) -> None:
     (mask,) = saved[False]
     if shape == LARGE:  # bit-packed: 1 bit per element
         assert mask.dtype == torch.int64 and mask.numel() * 64 == x.numel()
-    else:
-        assert mask.dtype == torch.bool and mask.shape == x.shape
+    else:  # below the fast path torch's op runs: what it saves, we save
+        torch_saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: torch_saved.append(t) or t, lambda t: t
+        ):
+            torch.nn.functional.dropout(x, 0.2, True).sum().backward()
+        assert [(t.dtype, t.shape) for t in torch_saved] == [(mask.dtype, mask.shape)]
 
 
 @pytest.mark.parametrize("shape", [(1 << 18,), (2000, 37)], ids=["fast", "rand"])

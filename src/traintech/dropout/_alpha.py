@@ -6,14 +6,15 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from traintech._checks import check_bool, check_generator
 from traintech.dropout._checks import (
-    check_generator,
     check_input,
     check_p,
-    check_training,
+    draw_generator,
     feature_mask_shape,
-    keep_mask,
+    keep_like,
 )
 
 #: :math:`\lambda\alpha` of SELU (Klambauer et al. 2017); dropped units are set to its negative.
@@ -43,14 +44,19 @@ def _alpha(
     training: bool,
     inplace: bool,
     generator: torch.Generator | None,
-    mask_shape: tuple[int, ...],
+    feature: bool,
 ) -> Tensor:
     p = check_p(p, allow_one=False)
     check_generator(generator)
-    check_training(training)
+    check_bool(training, "training")
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    keep = keep_mask(mask_shape, p, input.device, generator)
+    if generator is None:  # torch's own op
+        nnf = torch.nn.functional
+        op = nnf.feature_alpha_dropout if feature else nnf.alpha_dropout
+        return op(input, p, True, inplace)
+    shape = feature_mask_shape(input, True) if feature else tuple(input.shape)
+    keep = keep_like(input, shape, p, draw_generator(generator))
     return apply_alpha(input, keep, p, inplace)
 
 
@@ -88,10 +94,14 @@ def alpha_dropout(
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> alpha_dropout(torch.zeros(4), 0.5, True, generator=g)
-        tensor([-0.7792,  0.7792, -0.7792, -0.7792])
+        tensor([-0.7792, -0.7792,  0.7792, -0.7792])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            alpha_dropout, (input,), input, p, training, inplace, generator=generator
+        )
     check_input(input)
-    return _alpha(input, p, training, inplace, generator, tuple(input.shape))
+    return _alpha(input, p, training, inplace, generator, False)
 
 
 def feature_alpha_dropout(
@@ -120,21 +130,26 @@ def feature_alpha_dropout(
         The alpha-dropped tensor.
 
     Raises:
-        ValueError: if ``input`` has fewer than 2 dimensions.
+        ValueError: if ``training`` and ``input`` has fewer than 2 dimensions (as torch,
+            which returns a 0-D/1-D input unchanged when not training).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> feature_alpha_dropout(torch.zeros(1, 2, 2), 0.5, True, generator=g)[0]
         tensor([[-0.7792, -0.7792],
-                [ 0.7792,  0.7792]])
+                [-0.7792, -0.7792]])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            feature_alpha_dropout, (input,), input, p, training, inplace, generator=generator
+        )
     check_input(input)
-    if input.dim() < 2:
+    if training is True and input.dim() < 2:  # as torch: only checked when it would drop
         raise ValueError(
             f"feature_alpha_dropout: input must have at least 2 dimensions (N, C, *); got "
             f"input of shape {tuple(input.shape)}"
         )
-    return _alpha(input, p, training, inplace, generator, feature_mask_shape(input, True))
+    return _alpha(input, p, training, inplace, generator, True)
 
 
 class AlphaDropout(nn.AlphaDropout):
@@ -151,13 +166,15 @@ class AlphaDropout(nn.AlphaDropout):
 
     Args:
         p: probability of an element to be dropped, in ``[0, 1)``. Default: 0.5.
-        inplace: overwrite the input (torch's module ignores it; ours honours it).
+        inplace: accepted and stored but ignored, as by torch's ``nn.AlphaDropout`` (its
+            forward never passes it on): the input is never overwritten. The functional
+            :func:`alpha_dropout` honours ``inplace``, as torch's does.
         generator: source of randomness (default: torch's global generator).
 
     Example:
         >>> m = AlphaDropout(0.5, generator=torch.Generator().manual_seed(0))
         >>> m(torch.zeros(4))
-        tensor([-0.7792,  0.7792, -0.7792, -0.7792])
+        tensor([-0.7792, -0.7792,  0.7792, -0.7792])
     """
 
     def __init__(
@@ -172,7 +189,8 @@ class AlphaDropout(nn.AlphaDropout):
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply alpha dropout in training mode."""
-        return alpha_dropout(input, self.p, self.training, self.inplace, generator=self.generator)
+        # torch's nn.AlphaDropout ignores self.inplace; so does this drop-in
+        return alpha_dropout(input, self.p, self.training, False, generator=self.generator)
 
 
 class FeatureAlphaDropout(nn.FeatureAlphaDropout):
@@ -185,14 +203,14 @@ class FeatureAlphaDropout(nn.FeatureAlphaDropout):
 
     Args:
         p: probability of a channel to be dropped, in ``[0, 1)``. Default: 0.5.
-        inplace: overwrite the input.
+        inplace: accepted and stored but ignored, as by torch's ``nn.FeatureAlphaDropout``.
         generator: source of randomness (default: torch's global generator).
 
     Example:
         >>> m = FeatureAlphaDropout(0.5, generator=torch.Generator().manual_seed(0))
         >>> m(torch.zeros(1, 2, 2))[0]
         tensor([[-0.7792, -0.7792],
-                [ 0.7792,  0.7792]])
+                [-0.7792, -0.7792]])
     """
 
     def __init__(
@@ -207,6 +225,5 @@ class FeatureAlphaDropout(nn.FeatureAlphaDropout):
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply channel-wise alpha dropout in training mode."""
-        return feature_alpha_dropout(
-            input, self.p, self.training, self.inplace, generator=self.generator
-        )
+        # torch's nn.FeatureAlphaDropout ignores self.inplace; so does this drop-in
+        return feature_alpha_dropout(input, self.p, self.training, False, generator=self.generator)

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from traintech._checks import check_bool, check_generator
 from traintech.dropout._block_rate import block_seed_rate
-from traintech.dropout._checks import (
-    check_generator,
-    check_input,
-    check_p,
-    check_training,
-    keep_mask,
-)
+from traintech.dropout._checks import check_input, check_p, draw_generator, keep_like
 
 
 def drop_block2d(
@@ -59,16 +55,27 @@ def drop_block2d(
         ValueError: if ``input`` is not 3-D/4-D or ``block_size`` does not fit.
 
     Example:
-        >>> g = torch.Generator().manual_seed(0)
+        >>> g = torch.Generator().manual_seed(3)
         >>> drop_block2d(torch.ones(1, 1, 4, 4), 0.25, 2, True, generator=g)[0, 0]
-        tensor([[1.3333, 1.3333, 0.0000, 0.0000],
-                [1.3333, 1.3333, 0.0000, 0.0000],
+        tensor([[0.0000, 0.0000, 1.3333, 1.3333],
+                [0.0000, 0.0000, 1.3333, 1.3333],
                 [1.3333, 1.3333, 1.3333, 1.3333],
                 [1.3333, 1.3333, 1.3333, 1.3333]])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            drop_block2d,
+            (input,),
+            input,
+            p,
+            block_size,
+            training,
+            exact_rate=exact_rate,
+            generator=generator,
+        )
     check_input(input)
     p = check_p(p)
-    check_training(training)
+    check_bool(training, "training")
     check_generator(generator)
     if input.dim() not in (3, 4):
         raise ValueError(
@@ -87,7 +94,8 @@ def drop_block2d(
         return input
     gamma = block_seed_rate(p, block_size, height, width, exact=exact_rate)
     seeds_shape = (*input.shape[:-2], height - block_size + 1, width - block_size + 1)
-    seeds = (~keep_mask(seeds_shape, gamma, input.device, generator)).to(torch.float32)
+    # block seeds ~ Bernoulli(gamma), made from input so they follow DTensor, vmap, tracing
+    seeds = keep_like(input, seeds_shape, 1.0 - gamma, draw_generator(generator)).float()
     seeds = seeds.reshape(-1, 1, *seeds_shape[-2:])
     pad = block_size - 1
     padded = torch.nn.functional.pad(seeds, (pad, pad, pad, pad))
@@ -122,9 +130,9 @@ class DropBlock2d(nn.Module):
     Example:
         >>> m = DropBlock2d(0.5, 2, generator=torch.Generator().manual_seed(1))
         >>> (m(torch.ones(1, 1, 4, 4))[0, 0] == 0).int()
-        tensor([[0, 1, 1, 0],
-                [0, 1, 1, 0],
-                [0, 1, 1, 0],
+        tensor([[1, 1, 1, 1],
+                [1, 1, 1, 1],
+                [1, 1, 1, 1],
                 [0, 0, 0, 0]], dtype=torch.int32)
     """
 

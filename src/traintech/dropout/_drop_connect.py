@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_generator
 from traintech.dropout import functional as F
-from traintech.dropout._checks import check_generator, check_mode, check_p
+from traintech.dropout._checks import check_mode, check_p
 
 _INNER = "module."
 
@@ -53,7 +54,9 @@ class DropConnect(nn.Module):
     The state_dict keys are the wrapped layer's (no ``module.`` prefix): a plain
     ``nn.Linear`` checkpoint loads into
     ``DropConnect(nn.Linear(...))`` and back. Not to be confused with timm's old
-    "drop connect", which is stochastic depth (:class:`DropPath`).
+    "drop connect", which is stochastic depth (:class:`DropPath`). ``torch.fx.symbolic_trace``
+    must treat it as a leaf module (a ``Tracer`` whose ``is_leaf_module`` says so); tracing
+    through it raises ``TypeError``. ``torch.export`` and ``torch.compile`` trace it.
     Paper: https://proceedings.mlr.press/v28/wan13.html.
 
     Args:
@@ -127,4 +130,10 @@ class DropConnect(nn.Module):
         )
         if masked is weight:
             return self.module(*args, **kwargs)
+        if isinstance(masked, torch.fx.Proxy):
+            raise TypeError(
+                "DropConnect cannot be traced through by torch.fx.symbolic_trace (the wrapped "
+                "layer must run with a masked weight, which FX cannot express); trace it as a "
+                "leaf: a torch.fx.Tracer whose is_leaf_module returns True for DropConnect"
+            )
         return torch.func.functional_call(self.module, {self.weight_name: masked}, args, kwargs)

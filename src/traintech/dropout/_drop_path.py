@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_generator
 from traintech.dropout import functional as F
-from traintech.dropout._checks import check_generator, check_p
+from traintech.dropout._checks import check_p
 
 
 class DropPath(nn.Module):
@@ -29,8 +30,8 @@ class DropPath(nn.Module):
         >>> m = DropPath(0.5, generator=torch.Generator().manual_seed(0))
         >>> m(torch.ones(4, 2))
         tensor([[0., 0.],
-                [2., 2.],
                 [0., 0.],
+                [2., 2.],
                 [0., 0.]])
     """
 

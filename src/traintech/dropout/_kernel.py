@@ -18,9 +18,17 @@ for tensors of at least :data:`FAST_MIN_NUMEL` elements, this kernel instead
    the mask bytes, then multiplying: :math:`y = x \cdot m \cdot s` in two passes.
 
 With ``low_memory=True`` nothing but the 63-bit seed is saved for backward: the mask is
-regenerated from it. Elsewhere (CUDA, small tensors, big-endian hosts) the mask comes from
-``torch.rand(generator=...) >= p`` as a bool tensor, and the low-memory mode saves the
-generator's state instead of the mask.
+regenerated from it.
+
+The kernel is a *fast path*, not a replacement: it runs only for plain, dense, contiguous,
+floating-point CPU tensors of at least :data:`FAST_MIN_NUMEL` elements, in eager mode (see
+:func:`use_fast_path`). It is registered as the custom ops ``traintech::bit_dropout``,
+``traintech::bit_dropout_lowmem`` and ``traintech::apply_bits`` (with fake-tensor kernels and
+autograd formulas; the backward, ``grad * keep * scale``, is ``apply_bits`` itself, so double
+backward works; ``apply_bits`` has a vmap rule so batched backward works). Everything else
+(CUDA and other accelerators, small tensors, DTensor and other subclasses, meta/fake tensors,
+``torch.func`` transforms, forward-mode AD, FX/export tracing, ``torch.compile``) runs torch's
+own ops, chosen in :mod:`traintech.dropout.functional`.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
-from traintech.dropout._checks import keep_mask, resolve_generator
+from traintech import _compat
+from traintech.dropout._checks import resolve_generator
 
 #: Smallest CPU tensor that takes the bit-sliced path (below it Python overhead dominates).
 FAST_MIN_NUMEL = 1 << 17
@@ -124,99 +134,147 @@ def apply_words(t: Tensor, words: Tensor, scale: float) -> Tensor:
     return words_factors(t, words, scale).mul_(t)
 
 
-def _use_words(x: Tensor) -> bool:
-    return (
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def use_fast_path(x: Tensor) -> bool:
+    """Whether ``x`` takes the bit-sliced kernel: a plain, eager, dense CPU tensor, big enough.
+
+    False for tensor subclasses (DTensor, fake/functional tensors, nested tensors), tensors
+    wrapped by ``torch.func`` transforms, dual tensors of forward-mode AD, under
+    ``torch.compile``, FX/export tracing or any dispatch mode, and for non-contiguous,
+    non-float, small or non-CPU tensors: those run torch's ops.
+    """
+    if torch.compiler.is_compiling() or type(x) not in (Tensor, torch.nn.Parameter):
+        return False
+    if not (
         x.device.type == "cpu"
+        and x.layout == torch.strided
+        and x.dtype in _FLOAT_DTYPES
         and x.numel() >= FAST_MIN_NUMEL
         and sys.byteorder == "little"
-        and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-    )
+        and x.is_contiguous()
+    ):
+        return False
+    if _compat.is_functorch_wrapped(x) or _compat.tracing_or_mode_active():
+        return False
+    return forward_ad.unpack_dual(x).tangent is None
 
 
-class _Mask:
-    """A drop mask in one of two forms, able to apply itself and to forget / rebuild itself."""
-
-    def __init__(
-        self, x: Tensor, p: float, generator: torch.Generator | None, replayable: bool
-    ) -> None:
-        self.shape = x.shape
-        self.device = x.device
-        self.p = p
-        self.packed = _use_words(x)
-        gen = generator
-        if self.packed:
-            gen = resolve_generator(x.device, generator)
-            self.seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen).item())
-        elif replayable:  # the generator's state, to replay the draw in backward
-            gen = resolve_generator(x.device, generator)
-            self.state = gen.get_state()
-            self.gen_device = gen.device
-        self.mask: Tensor | None = self._build(gen, replay=False)
-
-    def _build(self, gen: torch.Generator | None, replay: bool) -> Tensor:
-        if self.packed:
-            n_words = (int(torch.Size(self.shape).numel()) + 63) // 64
-            return drop_words(n_words, self.p, self.seed)
-        if replay:  # replay the draw from the saved state on a private generator
-            gen = torch.Generator(device=self.gen_device)
-            gen.set_state(self.state)
-        return keep_mask(self.shape, self.p, self.device, gen)
-
-    def get(self) -> Tensor:
-        """The mask, rebuilt from the saved seed or generator state if it was forgotten."""
-        if self.mask is None:
-            self.mask = self._build(None, replay=True)
-        return self.mask
-
-    def apply(self, t: Tensor, scale: float) -> Tensor:
-        mask = self.get()
-        if self.packed:
-            return apply_words(t, mask, scale)
-        return t * (mask.to(t.dtype) * scale)
-
-    def apply_(self, t: Tensor, scale: float) -> Tensor:
-        mask = self.get()
-        if self.packed:
-            return t.mul_(words_factors(t, mask, scale))
-        return t.mul_(mask.to(t.dtype) * scale)
+def _n_words(numel: int) -> int:
+    return (numel + 63) // 64
 
 
-class DropoutFunction(torch.autograd.Function):
-    """Element-wise dropout whose backward uses a bit-packed mask or regenerates it."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        p: float,
-        scale: float,
-        generator: torch.Generator | None,
-        low_memory: bool,
-        inplace: bool,
-    ) -> Tensor:
-        mask = _Mask(x, p, generator, replayable=low_memory)
-        out = mask.apply_(x, scale) if inplace else mask.apply(x, scale)
-        if inplace:
-            ctx.mark_dirty(x)
-        if not low_memory:  # through save_for_backward, so saved-tensor hooks see it
-            ctx.save_for_backward(mask.get())
-        mask.mask = None
-        ctx.mask = mask
-        ctx.low_memory = low_memory
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        mask = ctx.mask
-        if not ctx.low_memory:
-            mask.mask = ctx.saved_tensors[0]
-        grad_in = mask.apply(grad, ctx.scale)
-        mask.mask = None
-        return grad_in, None, None, None, None, None
+# --- the custom ops ------------------------------------------------------------------------
 
 
-def mask_scale(
+@torch.library.custom_op("traintech::apply_bits", mutates_args=(), device_types="cpu")
+def apply_bits(t: Tensor, words: Tensor, scale: float) -> Tensor:
+    """``t * keep * scale`` for the bit-packed drop mask ``words`` (a new contiguous tensor)."""
+    return apply_words(t, words, scale)
+
+
+@apply_bits.register_fake
+def _(t: Tensor, words: Tensor, scale: float) -> Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _apply_bits_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    _, words, scale = inputs
+    ctx.save_for_backward(words)
+    ctx.scale = scale
+
+
+def _apply_bits_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    (words,) = ctx.saved_tensors
+    return apply_bits(grad, words, ctx.scale), None, None
+
+
+apply_bits.register_autograd(_apply_bits_backward, setup_context=_apply_bits_setup)
+
+
+def _apply_bits_vmap(
+    info: Any, in_dims: tuple[Any, ...], t: Tensor, words: Tensor, scale: float
+) -> Any:
+    # Batched over t only (a mask is one draw): every sample gets the same mask, as eagerly.
+    if in_dims[1] is not None:
+        raise RuntimeError("traintech::apply_bits: a batched drop mask is not supported under vmap")
+    t_dim = in_dims[0]
+    if t_dim is None:
+        return apply_bits(t, words, scale), None
+    t = t.movedim(t_dim, 0)
+    factors = words_factors(t[0], words, scale)
+    return t * factors, 0
+
+
+if hasattr(apply_bits, "register_vmap"):  # torch >= 2.5 (no batched backward on 2.4)
+    apply_bits.register_vmap(_apply_bits_vmap)
+
+
+@torch.library.custom_op("traintech::bit_dropout", mutates_args=(), device_types="cpu")
+def bit_dropout(x: Tensor, p: float, scale: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Bit-sliced dropout of ``x``: ``(x * keep * scale, packed drop mask)``."""
+    words = drop_words(_n_words(x.numel()), p, seed)
+    return apply_words(x, words, scale), words
+
+
+@bit_dropout.register_fake
+def _(x: Tensor, p: float, scale: float, seed: int) -> tuple[Tensor, Tensor]:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out, x.new_empty((_n_words(x.numel()),), dtype=torch.int64)
+
+
+def _bit_dropout_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.scale = inputs[2]
+    ctx.mark_non_differentiable(output[1])
+
+
+def _bit_dropout_backward(
+    ctx: Any, grad: Tensor, grad_words: Tensor | None
+) -> tuple[Tensor, None, None, None]:
+    (words,) = ctx.saved_tensors
+    return apply_bits(grad, words, ctx.scale), None, None, None
+
+
+bit_dropout.register_autograd(_bit_dropout_backward, setup_context=_bit_dropout_setup)
+
+
+@torch.library.custom_op("traintech::bit_dropout_lowmem", mutates_args=(), device_types="cpu")
+def bit_dropout_lowmem(x: Tensor, p: float, scale: float, seed: int) -> Tensor:
+    """Bit-sliced dropout saving only ``seed`` for backward (the mask is regenerated)."""
+    return apply_words(x, drop_words(_n_words(x.numel()), p, seed), scale)
+
+
+@bit_dropout_lowmem.register_fake
+def _(x: Tensor, p: float, scale: float, seed: int) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _lowmem_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    _, ctx.p, ctx.scale, ctx.seed = inputs
+
+
+@torch.library.custom_op("traintech::regen_words", mutates_args=(), device_types="cpu")
+def regen_words(like: Tensor, p: float, seed: int) -> Tensor:
+    """The packed drop mask for ``like``'s elements drawn from ``seed`` (low-memory replay)."""
+    return drop_words(_n_words(like.numel()), p, seed)
+
+
+@regen_words.register_fake
+def _(like: Tensor, p: float, seed: int) -> Tensor:
+    return like.new_empty((_n_words(like.numel()),), dtype=torch.int64)
+
+
+def _lowmem_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+    words = regen_words(grad, ctx.p, ctx.seed)
+    return apply_bits(grad, words, ctx.scale), None, None, None
+
+
+bit_dropout_lowmem.register_autograd(_lowmem_backward, setup_context=_lowmem_setup)
+
+
+def fast_dropout(
     x: Tensor,
     p: float,
     scale: float,
@@ -225,12 +283,68 @@ def mask_scale(
     low_memory: bool = False,
     inplace: bool = False,
 ) -> Tensor:
-    """``x * keep * scale`` with ``keep ~ Bernoulli(1 - p)`` element-wise, ``0 < p < 1``.
+    """``x * keep * scale`` through the bit-sliced kernel (call only if :func:`use_fast_path`).
 
-    Inside ``torch.compile`` the mask is drawn with plain tensor ops (the compiler traces and
-    fuses them, and autograd saves what it needs); eagerly the custom function runs.
+    One 63-bit seed is drawn from ``generator`` (or torch's default CPU generator), so
+    ``torch.manual_seed`` and ``generator=`` control the mask. In place, the factors are
+    applied with ``Tensor.mul_`` (autograd saves them as it saves any ``mul_`` operand).
     """
-    if torch.compiler.is_compiling():
-        factors = keep_mask(x.shape, p, x.device, generator).to(x.dtype) * scale
-        return x.mul_(factors) if inplace else x * factors
-    return DropoutFunction.apply(x, p, scale, generator, low_memory, inplace)
+    gen = resolve_generator(x.device, generator)
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen).item())
+    if inplace:
+        words = drop_words(_n_words(x.numel()), p, seed)
+        return x.mul_(words_factors(x, words, scale))
+    if low_memory:
+        return bit_dropout_lowmem(x, p, scale, seed)
+    return bit_dropout(x, p, scale, seed)[0]
+
+
+# --- low-memory mode elsewhere in eager code: save the generator state, replay it ----------
+
+
+def _keep_factors(
+    shape: torch.Size,
+    p: float,
+    scale: float,
+    dtype: torch.dtype,
+    device: torch.device,
+    gen: torch.Generator,
+) -> Tensor:
+    keep = torch.empty(shape, dtype=dtype, device=device).bernoulli_(1.0 - p, generator=gen)
+    return keep.div_(1.0 - p) if scale != 1.0 else keep
+
+
+class ReplayDropout(torch.autograd.Function):
+    """``x * factors`` saving the generator state the factors were drawn from, not the mask.
+
+    Backward redraws the factors from a private generator set to that state and computes
+    ``grad * factors`` with differentiable ops, so double backward works.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, factors: Tensor, p: float, scale: float, state: Tensor) -> Tensor:
+        """The masked, scaled ``x``."""
+        return x * factors
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        """Keep the generator state and the shape, not the mask."""
+        x, _, ctx.p, ctx.scale, ctx.state = inputs
+        ctx.shape, ctx.device = x.shape, x.device
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        """``grad * keep * scale`` with the regenerated mask."""
+        gen = torch.Generator(device=ctx.device)
+        gen.set_state(ctx.state)
+        factors = _keep_factors(ctx.shape, ctx.p, ctx.scale, grad.dtype, ctx.device, gen)
+        return grad * factors, None, None, None, None
+
+
+def replay_dropout(x: Tensor, p: float, scale: float, generator: torch.Generator | None) -> Tensor:
+    """Low-memory dropout for eager tensors off the fast path (CUDA, small CPU tensors)."""
+    gen = resolve_generator(x.device, generator)
+    state = gen.get_state()
+    factors = _keep_factors(x.shape, p, scale, x.dtype, x.device, gen)
+    out: Tensor = ReplayDropout.apply(x, factors, p, scale, state)
+    return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from traintech.dropout._checks import check_generator
+from traintech._checks import check_generator
 from traintech.dropout._layers import DropConnect, dropout_layers, is_ours
 
 #: Auto batching repeats the input up to this many elements in one forward.

@@ -7,8 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_generator
 from traintech.dropout import functional as F
-from traintech.dropout._checks import check_generator, check_mode, check_p
+from traintech.dropout._checks import check_mode, check_p
 
 
 class _SpatialMixin:
@@ -67,8 +68,8 @@ class Dropout1d(_SpatialMixin, nn.Dropout1d):
         >>> m = Dropout1d(0.5, generator=torch.Generator().manual_seed(0))
         >>> m(torch.ones(4, 2))
         tensor([[0., 0.],
-                [2., 2.],
                 [0., 0.],
+                [2., 2.],
                 [0., 0.]])
     """
 
@@ -93,7 +94,7 @@ class Dropout2d(_SpatialMixin, nn.Dropout2d):
     Example:
         >>> m = Dropout2d(0.5, generator=torch.Generator().manual_seed(0))
         >>> m(torch.ones(1, 4, 1, 1)).flatten()
-        tensor([0., 2., 0., 0.])
+        tensor([0., 0., 2., 0.])
     """
 
     _functional = staticmethod(F.dropout2d)
@@ -117,7 +118,7 @@ class Dropout3d(_SpatialMixin, nn.Dropout3d):
     Example:
         >>> m = Dropout3d(0.5, generator=torch.Generator().manual_seed(0))
         >>> m(torch.ones(4, 1, 1, 1)).flatten()
-        tensor([0., 2., 0., 0.])
+        tensor([0., 0., 2., 0.])
     """
 
     _functional = staticmethod(F.dropout3d)

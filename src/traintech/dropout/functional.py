@@ -7,6 +7,20 @@ torch's do: a drop-in replacement changes nothing), and ``mode``, ``generator`` 
 ``low_memory`` are extra keywords. The functions torch lacks
 (``drop_connect``, ``drop_path``, ``drop_block2d``) take ``training`` as a required argument,
 so forgetting it is a ``TypeError`` instead of a network trained without regularisation.
+
+Dispatch (which code runs where):
+
+* ``dropout`` on a plain, dense, contiguous CPU tensor of at least
+  ``traintech.dropout._kernel.FAST_MIN_NUMEL`` elements, eagerly: the bit-sliced kernel
+  (custom op ``traintech::bit_dropout``).
+* Everywhere else (CUDA/MPS/other accelerators, small tensors, DTensor, meta/fake tensors,
+  ``torch.func`` transforms, forward-mode AD, FX/export tracing, ``torch.compile``): with
+  ``generator=None`` and the inverted mode, torch's own op (``torch.nn.functional.dropout``,
+  ``torch.feature_dropout``, ``alpha_dropout``, ``feature_alpha_dropout``); with a
+  ``generator`` or ``mode="original"``, the mask is ``empty_like(input).bernoulli_(1 - p,
+  generator=generator)`` and the output ``input * mask / (1 - p)`` (torch's formula).
+* Every function accepts ``torch.fx`` proxies (``__torch_function__``), so
+  ``torch.fx.symbolic_trace`` records it as one call.
 """
 
 from __future__ import annotations
@@ -15,20 +29,21 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from traintech._checks import check_bool, check_generator
 from traintech.dropout._alpha import alpha_dropout, feature_alpha_dropout
 from traintech.dropout._checks import (
-    check_generator,
     check_input,
     check_mode,
     check_p,
-    check_training,
+    draw_generator,
     feature_mask_shape,
-    keep_mask,
+    keep_like,
     mul,
 )
 from traintech.dropout._drop_block import drop_block2d
-from traintech.dropout._kernel import mask_scale
+from traintech.dropout._kernel import fast_dropout, replay_dropout, use_fast_path
 
 __all__ = [
     "alpha_dropout",
@@ -69,9 +84,10 @@ def dropout(
     zeros like torch. Paper: https://jmlr.org/papers/v15/srivastava14a.html (also
     https://arxiv.org/abs/1207.0580).
 
-    On CPU the mask is sampled bit-sliced from a stream seeded by one draw from ``generator``
-    and stored with one bit per element (see ``traintech.dropout._kernel``); masks therefore
-    differ from torch's for the same seed, as torch's already differ between CPU and CUDA.
+    On large plain CPU tensors the mask is sampled bit-sliced from a stream seeded by one draw
+    from ``generator`` and stored with one bit per element (see ``traintech.dropout._kernel``);
+    masks there differ from torch's for the same seed, as torch's already differ between CPU
+    and CUDA. Elsewhere torch's op runs (see the module docstring).
 
     Args:
         input: tensor of any shape.
@@ -81,7 +97,10 @@ def dropout(
         mode: ``"inverted"`` (default, scale by :math:`1/(1-p)` in training) or
             ``"original"`` (no scaling in training, multiply by :math:`1-p` in eval).
         generator: source of randomness (default: torch's global generator).
-        low_memory: save no mask for backward; regenerate it from the saved seed.
+        low_memory: save no mask for backward; regenerate it from the saved seed (fast
+            path) or generator state (other eager tensors). Under transforms, tracing and
+            ``torch.compile`` torch's op decides what is saved (a ``UserWarning`` says so
+            outside ``torch.compile``).
 
     Returns:
         The tensor with dropped elements zeroed and the kept ones scaled.
@@ -89,13 +108,25 @@ def dropout(
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> dropout(torch.ones(6), 0.5, generator=g)
-        tensor([0., 2., 0., 0., 0., 2.])
+        tensor([0., 0., 2., 0., 0., 0.])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout,
+            (input,),
+            input,
+            p,
+            training,
+            inplace,
+            mode=mode,
+            generator=generator,
+            low_memory=low_memory,
+        )
     check_input(input)
     p = check_p(p)
     mode = check_mode(mode)
     check_generator(generator)
-    check_training(training)
+    check_bool(training, "training")
     if not training:
         return mul(input, 1.0 - p, inplace) if mode == "original" and p > 0 else input
     if p == 0.0 or input.numel() == 0:
@@ -103,7 +134,52 @@ def dropout(
     if p == 1.0:
         return mul(input, 0.0, inplace)
     scale = 1.0 / (1.0 - p) if mode == "inverted" else 1.0
-    return mask_scale(input, p, scale, generator, low_memory=low_memory, inplace=inplace)
+    if use_fast_path(input):
+        gen = draw_generator(generator)
+        return fast_dropout(input, p, scale, gen, low_memory=low_memory, inplace=inplace)
+    if low_memory and not inplace and _plain_eager(input):
+        return replay_dropout(input, p, scale, draw_generator(generator))
+    if low_memory and not torch.compiler.is_compiling():
+        warnings.warn(
+            "dropout(low_memory=True): this input (a tensor subclass, a torch.func transform, "
+            "forward-mode AD, tracing or inplace=True) runs torch's ops, which save their own "
+            "mask for backward; low_memory has no effect here",
+            UserWarning,
+            stacklevel=2,
+        )
+    if generator is None and mode == "inverted":
+        return torch.nn.functional.dropout(input, p, True, inplace)
+    return _masked(input, input.shape, p, mode, draw_generator(generator), inplace)
+
+
+def _plain_eager(input: Tensor) -> bool:
+    # A plain tensor in eager autograd (no subclass, transform, dual, tracing or compile).
+    from torch.autograd import forward_ad
+
+    from traintech import _compat
+
+    return (
+        not torch.compiler.is_compiling()
+        and type(input) is Tensor
+        and not _compat.is_functorch_wrapped(input)
+        and not _compat.tracing_or_mode_active()
+        and forward_ad.unpack_dual(input).tangent is None
+    )
+
+
+def _masked(
+    input: Tensor,
+    shape: tuple[int, ...] | torch.Size,
+    p: float,
+    mode: str,
+    generator: torch.Generator | None,
+    inplace: bool,
+) -> Tensor:
+    # torch's formula: noise = bernoulli(1 - p) / (1 - p) in input's dtype; input * noise.
+    noise = keep_like(input, shape, p, generator)
+    if mode == "inverted":
+        noise = noise.div_(1.0 - p)
+    return mul(input, noise, inplace)
 
 
 def _feature_dropout(
@@ -118,16 +194,19 @@ def _feature_dropout(
     p = check_p(p)
     mode = check_mode(mode)
     check_generator(generator)
-    check_training(training)
+    check_bool(training, "training")
     if not training:
         return mul(input, 1.0 - p, inplace) if mode == "original" and p > 0 else input
     if p == 0.0 or input.numel() == 0:
         return input
     if p == 1.0:
         return mul(input, 0.0, inplace)
-    scale = 1.0 / (1.0 - p) if mode == "inverted" else 1.0
-    keep = keep_mask(feature_mask_shape(input, batched), p, input.device, generator)
-    return mul(input, keep.to(input.dtype) * scale, inplace)
+    if generator is None and mode == "inverted":  # torch's op (what F.dropout1d/2d/3d run)
+        x = input if batched else input.unsqueeze(0)
+        out = torch.feature_dropout_(x, p, True) if inplace else torch.feature_dropout(x, p, True)
+        return input if inplace else (out if batched else out.squeeze(0))
+    shape = feature_mask_shape(input, batched)
+    return _masked(input, shape, p, mode, draw_generator(generator), inplace)
 
 
 def _check_rank(input: Tensor, name: str, ranks: tuple[int, int], what: str) -> None:
@@ -174,10 +253,14 @@ def dropout1d(
         >>> g = torch.Generator().manual_seed(0)
         >>> dropout1d(torch.ones(1, 4, 2), 0.5, generator=g)[0]
         tensor([[0., 0.],
-                [2., 2.],
                 [0., 0.],
+                [2., 2.],
                 [0., 0.]])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout1d, (input,), input, p, training, inplace, mode=mode, generator=generator
+        )
     check_input(input)
     _check_rank(input, "dropout1d", (2, 3), "C, L")
     return _feature_dropout(input, p, training, inplace, mode, generator, input.dim() == 3)
@@ -219,8 +302,12 @@ def dropout2d(
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> dropout2d(torch.ones(1, 4, 1, 1), 0.5, generator=g).flatten()
-        tensor([0., 2., 0., 0.])
+        tensor([0., 0., 2., 0.])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout2d, (input,), input, p, training, inplace, mode=mode, generator=generator
+        )
     check_input(input)
     _check_rank(input, "dropout2d", (3, 4), "C, H, W")
     if input.dim() == 3:
@@ -267,8 +354,12 @@ def dropout3d(
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> dropout3d(torch.ones(4, 1, 1, 1), 0.5, generator=g).flatten()
-        tensor([0., 2., 0., 0.])
+        tensor([0., 0., 2., 0.])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            dropout3d, (input,), input, p, training, inplace, mode=mode, generator=generator
+        )
     check_input(input)
     _check_rank(input, "dropout3d", (4, 5), "C, D, H, W")
     return _feature_dropout(input, p, training, inplace, mode, generator, input.dim() == 5)
@@ -306,11 +397,15 @@ def drop_connect(
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> drop_connect(torch.ones(2, 3), 0.5, True, generator=g)
-        tensor([[0., 2., 0.],
-                [0., 0., 2.]])
+        tensor([[0., 0., 2.],
+                [0., 0., 0.]])
     """
+    if has_torch_function_unary(weight):
+        return handle_torch_function(
+            drop_connect, (weight,), weight, p, training, mode=mode, generator=generator
+        )
     check_input(weight, "weight")
-    check_training(training)
+    check_bool(training, "training")
     return dropout(weight, p, training, mode=mode, generator=generator)
 
 
@@ -345,13 +440,15 @@ def drop_path(
         >>> g = torch.Generator().manual_seed(0)
         >>> drop_path(torch.ones(4, 2), 0.5, True, generator=g)
         tensor([[0., 0.],
-                [2., 2.],
                 [0., 0.],
+                [2., 2.],
                 [0., 0.]])
     """
+    if has_torch_function_unary(x):
+        return handle_torch_function(drop_path, (x,), x, p, training, scale_by_keep, generator)
     check_input(x, "x")
     p = check_p(p)
-    check_training(training)
+    check_bool(training, "training")
     check_generator(generator)
     if x.dim() < 1:
         raise ValueError("drop_path: x must have a batch dimension; got a 0-dim tensor")
@@ -359,6 +456,6 @@ def drop_path(
         return x
     if p == 1.0:
         return x * 0.0
-    keep = keep_mask((x.shape[0],) + (1,) * (x.dim() - 1), p, x.device, generator)
-    scale = 1.0 / (1.0 - p) if scale_by_keep else 1.0
-    return x * (keep.to(x.dtype) * scale)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    mode = "inverted" if scale_by_keep else "original"
+    return _masked(x, shape, p, mode, draw_generator(generator), False)
