@@ -116,3 +116,28 @@ def scaler_scale(scaler: torch.amp.GradScaler) -> Tensor:
         # First use of a lazily initialised scaler: scale() has not run yet.
         return torch.tensor(scaler.get_scale(), dtype=torch.float32)
     return scale.reshape(())
+
+
+#: torch's BatchNorm base class (``torch.nn.modules.batchnorm._BatchNorm``): the class torch's
+#: utilities (``convert_sync_batchnorm``, ``swa_utils.update_bn``, quantization fusion) test
+#: ``isinstance`` against; traintech's BatchNorm variants without a public torch namesake
+#: (``GhostBatchNorm``) derive from it.
+TorchBatchNormBase = torch.nn.modules.batchnorm._BatchNorm
+
+
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, jvp, jacrev, functionalize) is running."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def is_functorch_wrapped(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a functorch wrapper (batched, grad-tracking or functional)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))
+
+
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD dual level is open (``torch.autograd.forward_ad.dual_level``)."""
+    return bool(torch.autograd.forward_ad._current_level >= 0)
+
+#: torch's InstanceNorm base class (``torch.nn.modules.instancenorm._InstanceNorm``).
+TorchInstanceNormBase = torch.nn.modules.instancenorm._InstanceNorm

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from traintech.norm._stats import check_channels, check_eps, check_positive_int, scale_shift
+from traintech._checks import check_positive_int
+from traintech.norm._stats import check_channels, check_eps, scale_shift
 
 
 def frozen_batch_norm(

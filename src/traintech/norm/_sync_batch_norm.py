@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from traintech._checks import check_positive_int
 from traintech.norm._batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from traintech.norm._stats import check_eps, check_momentum, is_symbolic
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "sync_batch_norm"]
 
@@ -218,7 +220,7 @@ def sync_batch_norm(
     return y
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
     r"""BatchNorm whose batch statistics are reduced across the processes of a group.
 
     A drop-in for :class:`torch.nn.SyncBatchNorm` (same constructor arguments, ``state_dict`` keys
@@ -273,12 +275,25 @@ class SyncBatchNorm(_BatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        check_positive_int(num_features, "num_features")
+        check_eps(eps)
+        check_momentum(momentum)
+        nn.SyncBatchNorm.__init__(
+            self,
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            process_group,
+            device,
+            dtype,
+            bias=bias,
         )
-        self.process_group = process_group
 
-    def _check_input(self, input: Tensor) -> None:
+    def _check_input_dim(self, input: Tensor) -> None:
+        if is_symbolic(input):
+            return
         if input.dim() < 2:
             raise ValueError(
                 f"input must have at least 2 dimensions (N, C, *), got shape {list(input.shape)}"
@@ -291,7 +306,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalize ``input`` of shape ``(N, C, *)``."""
-        self._check_input(input)
+        self._check_input_dim(input)
         factor = self._blend_factor()
         use_batch_stats = self._use_batch_stats()
         track = not self.training or self.track_running_stats
@@ -376,8 +391,8 @@ def _convert_one(bn: nn.Module, process_group: Any) -> SyncBatchNorm:
     )
     if new.affine:
         with torch.no_grad():
-            new.weight = weight
-            new.bias = bias
+            new.weight = weight  # type: ignore[assignment]
+            new.bias = bias  # type: ignore[assignment]
     if new.track_running_stats:
         new.running_mean = bn.running_mean  # type: ignore[assignment]
         new.running_var = bn.running_var  # type: ignore[assignment]
