@@ -141,3 +141,20 @@ def forward_ad_active() -> bool:
 
 #: torch's InstanceNorm base class (``torch.nn.modules.instancenorm._InstanceNorm``).
 TorchInstanceNormBase = torch.nn.modules.instancenorm._InstanceNorm
+
+
+def quantization_fusers() -> dict[tuple[type, ...], Any]:
+    """Torch's default module-type tuple -> fuser method table of ``fuse_modules``."""
+    from torch.ao.quantization import fuser_method_mappings
+
+    return dict(fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD)
+
+
+def register_quantization_fuser(op_types: tuple[type, ...], method: Any) -> None:
+    """Add ``op_types -> method`` to the table ``torch.ao.quantization.fuse_modules`` looks up.
+
+    torch matches exact module types there, so subclasses of its layers need their own entries.
+    """
+    from torch.ao.quantization import fuser_method_mappings
+
+    fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD.setdefault(op_types, method)

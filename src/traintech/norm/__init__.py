@@ -21,10 +21,13 @@ from traintech.norm._fused_add_norm import FusedAddLayerNorm, FusedAddRMSNorm
 from traintech.norm._ghost_batch_norm import GhostBatchNorm, chunk_sizes
 from traintech.norm._group_norm import GroupNorm
 from traintech.norm._instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from traintech.norm._interop import register_quantization_fusions
 from traintech.norm._layer_norm import ChannelLayerNorm, LayerNorm
 from traintech.norm._recalibrate import recalibrate_batchnorm
 from traintech.norm._rms_norm import RMSNorm
 from traintech.norm._sync_batch_norm import SyncBatchNorm, convert_sync_batchnorm
+
+register_quantization_fusions()
 
 __all__ = [
     "BatchNorm1d",
