@@ -439,3 +439,25 @@ def test_fused_add_rms_norm_on_non_contiguous_inputs_matches_torch(layout, seed,
     torch.autograd.backward((y, h), (gy, gh))
     torch.autograd.backward((y2, h2), (gy, gh))
     torch.testing.assert_close((x.grad, r.grad, w.grad), (x2.grad, r2.grad, w2.grad), **TOL)
+
+
+def test_fx_symbolic_trace_of_every_functional_matches_torch(seed):
+    x = torch.randn(4, 6, 5, generator=seed, dtype=torch.float64)
+    w = torch.randn(6, generator=seed, dtype=torch.float64)
+    rm, rv = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+
+    class Model(nn.Module):
+        def __init__(self, lib: Any) -> None:
+            super().__init__()
+            self.lib = lib
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lib = self.lib
+            y = lib.batch_norm(x, rm.clone(), rv.clone(), w, None, training=True)
+            y = y + lib.instance_norm(x, weight=w)
+            y = y + lib.group_norm(x, 3, w)
+            y = y + lib.layer_norm(x, (5,))
+            return y + lib.rms_norm(x, (5,), eps=1e-6)
+
+    gm = torch.fx.symbolic_trace(Model(F))
+    torch.testing.assert_close(gm(x), Model(TF)(x), **TOL)

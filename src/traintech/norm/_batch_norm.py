@@ -76,9 +76,11 @@ def batch_norm(
     """
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
-    if input.dim() < 2:
+    if is_symbolic(input):  # torch.fx.symbolic_trace: torch's op checks at run time
+        pass
+    elif input.dim() < 2 and input.numel() > 0:  # torch passes an empty 1-D input through
         raise ValueError(f"batch_norm: expected input of shape (N, C, *), got {tuple(input.shape)}")
-    if training:
+    elif training:
         _check_batch_size(input)
     return torch.batch_norm(
         input, weight, bias, running_mean, running_var, training, momentum, eps, False

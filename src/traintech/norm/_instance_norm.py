@@ -58,11 +58,11 @@ def instance_norm(
     """
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
-    if input.dim() < 3:
+    if not is_symbolic(input) and input.dim() < 3:
         raise ValueError(
             f"instance_norm: expected input of shape (N, C, L, *), got {tuple(input.shape)}"
         )
-    if use_input_stats:
+    if use_input_stats and not is_symbolic(input):
         _check_spatial_size(input)
     return torch.instance_norm(
         input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, False
