@@ -89,10 +89,12 @@ def _paired_min(run_base, run_ours, repeats, warmup, device):  # noqa: ANN001, A
     for _ in range(warmup):
         run_base()
         run_ours()
-    base, ours = [], []
-    for _ in range(repeats):
-        base.append(time_callable(run_base, repeats=1, warmup=0, device=device))
-        ours.append(time_callable(run_ours, repeats=1, warmup=0, device=device))
+    base: list[float] = []
+    ours: list[float] = []
+    for i in range(repeats):  # ABBA order: neither side always runs right after the other
+        pair = [(run_base, base), (run_ours, ours)]
+        for fn, times in pair if i % 2 == 0 else pair[::-1]:
+            times.append(time_callable(fn, repeats=1, warmup=0, device=device))
     return min(base), min(ours)
 
 
@@ -122,7 +124,7 @@ def main() -> None:
         rows = []
         for cfg, dtype in itertools.product(_configs(), dtypes):
             rows.append(_measure(cfg, dtype, gen, args, aa=False))
-            if cfg.name == "RMSNorm":  # A/A: torch against itself, the noise of this run
+            if cfg.name in ("LayerNorm", "RMSNorm"):  # A/A: torch vs itself, this run's noise
                 rows.append(_measure(cfg, dtype, gen, args, aa=True))
         print_table(
             f"traintech.norm vs torch ({args.device}, forward + backward, {threads} thread(s), "

@@ -143,7 +143,7 @@ class _BatchNorm(TorchBatchNormBase):
 
 
 class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
-    r"""Batch normalization over a ``(N, C)`` or ``(N, C, L)`` input, drop-in for torch's.
+    r"""Batch normalization over a ``(N, C)`` or ``(N, C, L)`` input; a ``torch.nn.BatchNorm1d``.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
@@ -174,7 +174,7 @@ class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
 
 
 class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
-    r"""Batch normalization over a ``(N, C, H, W)`` input, drop-in for ``torch.nn.BatchNorm2d``.
+    r"""Batch normalization over a ``(N, C, H, W)`` input; a ``torch.nn.BatchNorm2d``.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
@@ -192,7 +192,7 @@ class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
 
 
 class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
-    r"""Batch normalization over a ``(N, C, D, H, W)`` input, drop-in for torch's.
+    r"""Batch normalization over a ``(N, C, D, H, W)`` input; a ``torch.nn.BatchNorm3d``.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta

@@ -173,7 +173,7 @@ class _InstanceNorm(TorchInstanceNormBase):
 
 
 class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
-    r"""Instance normalization of ``(N, C, L)`` or ``(C, L)``, drop-in for torch's.
+    r"""Instance normalization of ``(N, C, L)`` or ``(C, L)``: torch's class.
 
     .. math::
         y = \frac{x - \mathrm{E}_{n,c}[x]}{\sqrt{\mathrm{Var}_{n,c}[x] + \epsilon}}
@@ -204,7 +204,7 @@ class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
 
 
 class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
-    r"""Instance normalization of ``(N, C, H, W)`` or ``(C, H, W)``, drop-in for torch's.
+    r"""Instance normalization of ``(N, C, H, W)`` or ``(C, H, W)``: torch's class.
 
     .. math::
         y = \frac{x - \mathrm{E}_{n,c}[x]}{\sqrt{\mathrm{Var}_{n,c}[x] + \epsilon}}
@@ -222,7 +222,7 @@ class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
 
 
 class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
-    r"""Instance normalization of ``(N, C, D, H, W)`` or ``(C, D, H, W)``, drop-in for torch's.
+    r"""Instance normalization of ``(N, C, D, H, W)`` or ``(C, D, H, W)``: torch's class.
 
     .. math::
         y = \frac{x - \mathrm{E}_{n,c}[x]}{\sqrt{\mathrm{Var}_{n,c}[x] + \epsilon}}

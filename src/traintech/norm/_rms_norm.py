@@ -1,10 +1,14 @@
-r"""RMS normalization (Zhang & Sennrich 2019): ``RMSNorm``, ``rms_norm`` and our autograd kernel.
+r"""RMS normalization (Zhang & Sennrich 2019): ``RMSNorm``, ``rms_norm`` and our CPU kernel.
+
+Dispatch, not replacement: our kernel is a fast path for plain dense CPU tensors only (see
+:func:`use_fast_path`); everywhere else (CUDA, DTensor, meta/fake tensors, ``torch.func``
+transforms, forward-mode AD, compile/export/FX tracing) ``F.rms_norm`` runs.
 
 torch's CPU ``rms_norm`` is a composite of ~6 ops whose autograd graph keeps several full-size
 intermediates and walks the data many times (about 4x the time of torch's fused LayerNorm for
-the same shape). Ours is one ``torch.autograd.Function``: the forward computes ``rstd`` once per
-row (one reduction pass, in fp32 for half inputs) and writes the output with a single allocation;
-it saves only ``(x, rstd)``; the backward is the analytic gradient
+the same shape). Ours is one custom op (``traintech::rms_norm``): the forward computes ``rstd``
+once per row (one reduction pass, in fp32 for half inputs) and writes the output with a single
+allocation; it saves only ``(x, rstd)``; the backward is the analytic gradient
 
 .. math::
     \frac{\partial L}{\partial x} = r\, g - x\, \frac{r^3}{D} \sum_j g_j x_j,
@@ -15,7 +19,8 @@ it saves only ``(x, rstd)``; the backward is the analytic gradient
 computed for fp32/fp64 by torch's fused LayerNorm backward kernel with a zero mean plus a
 per-row correction (see ``_native_backward``), and for half inputs into the ``dx`` buffer
 alone in fp32 row blocks that stay in cache on CPU (allocating fresh pages costs about as much
-as a pass over the data).
+as a pass over the data). With ``create_graph=True`` the backward is the same formula as
+differentiable torch ops (:func:`differentiable_rms_backward`), so double backward is exact.
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from traintech._checks import check_positive_int
 from traintech.norm._batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
-from traintech.norm._stats import check_eps, check_momentum, is_symbolic
+from traintech.norm._stats import is_symbolic
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "sync_batch_norm"]
 
@@ -220,12 +219,16 @@ def sync_batch_norm(
     return y
 
 
-class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNorm):
     r"""BatchNorm whose batch statistics are reduced across the processes of a group.
 
     A drop-in for :class:`torch.nn.SyncBatchNorm` (same constructor arguments, ``state_dict`` keys
     and ``extra_repr``) that also runs on CPU tensors with the gloo backend, where torch's
-    raises "SyncBatchNorm expected input tensor to be on GPU". In training mode every rank
+    raises "SyncBatchNorm expected input tensor to be on GPU". It derives from torch's BatchNorm
+    base class (``isinstance(m, torch.nn.modules.batchnorm._BatchNorm)`` holds), deliberately not
+    from ``torch.nn.SyncBatchNorm``: ``DistributedDataParallel`` refuses every
+    ``nn.SyncBatchNorm`` instance in a CPU model, which would rule out gloo/CPU training with it.
+    In training mode every rank
     normalizes with the statistics of the concatenated batch of all ranks of ``process_group``,
     computed as in :func:`sync_batch_norm`:
 
@@ -275,21 +278,10 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        check_positive_int(num_features, "num_features")
-        check_eps(eps)
-        check_momentum(momentum)
-        nn.SyncBatchNorm.__init__(
-            self,
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            process_group,
-            device,
-            dtype,
-            bias=bias,
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
+        self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
         if is_symbolic(input):
