@@ -416,6 +416,25 @@ def test_custom_ops_pass_torch_opcheck(seed):
     torch.library.opcheck(rms_module._add_rms_norm_op, (x, r, w, 8, 1e-6))
 
 
+def test_custom_op_vmap_rule_matches_torch(seed):
+    x = torch.randn(5, 3, 8, generator=seed, dtype=torch.float64)
+    w = torch.randn(8, generator=seed, dtype=torch.float64)
+    ws = torch.randn(5, 8, generator=seed, dtype=torch.float64)
+
+    def op(t: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        return torch.ops.traintech.rms_norm(t, weight, 8, 1e-6)[0]
+
+    expected = TF.rms_norm(x, (8,), w, eps=1e-6)
+    torch.testing.assert_close(vmap(op, in_dims=(0, None))(x, w), expected, **TOL)
+    torch.testing.assert_close(vmap(op, in_dims=(1, None), out_dims=1)(x, w), expected, **TOL)
+    no_weight = vmap(op, in_dims=(0, None))(x, None)
+    torch.testing.assert_close(no_weight, TF.rms_norm(x, (8,), eps=1e-6), **TOL)
+    per_weight = vmap(op, in_dims=(0, 0))(x, ws)
+    torch.testing.assert_close(per_weight, TF.rms_norm(x, (8,), eps=1e-6) * ws[:, None], **TOL)
+    broadcast = vmap(lambda weight: op(x[0], weight))(ws)
+    torch.testing.assert_close(broadcast, TF.rms_norm(x[0], (8,), eps=1e-6) * ws[:, None], **TOL)
+
+
 # --------------------------------------------------------------------------- fused add + norm
 
 

@@ -1,9 +1,11 @@
 """Normalization layers, their functional forms, and conversion/inference utilities.
 
-Layers with ``torch.nn``'s names, arguments and state_dict keys (``BatchNorm1d/2d/3d``,
-``LayerNorm``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``, ``RMSNorm``), plus ``FrozenBatchNorm2d``,
-``GhostBatchNorm``, ``ChannelLayerNorm`` and the fused residual add + norm layers. Functional
-forms live in :mod:`traintech.norm.functional`.
+Layers that are subclasses of their ``torch.nn`` namesakes (``BatchNorm1d/2d/3d``, ``LayerNorm``,
+``GroupNorm``, ``InstanceNorm1d/2d/3d``, ``RMSNorm``; same arguments and state_dict keys, plus
+clearer errors), ``SyncBatchNorm`` (also on gloo/CPU), ``FrozenBatchNorm2d``, ``GhostBatchNorm``,
+``ChannelLayerNorm`` and the fused residual add + norm layers. RMSNorm's own kernel is a fast
+path for plain dense CPU tensors; everywhere else torch's op runs. Functional forms live in
+:mod:`traintech.norm.functional`.
 """
 
 from traintech.norm import functional

@@ -240,6 +240,26 @@ def _rms_norm_fake(x: Tensor, weight: Tensor | None, d: int, eps: float) -> tupl
     return x.new_empty(x.shape), x.new_empty((rows, 1), dtype=stat_dtype(x.dtype))
 
 
+def _rms_norm_vmap(
+    info: Any, in_dims: tuple[int | None, ...], x: Tensor, weight: Tensor | None, d: int, eps: float
+) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
+    """The ``torch.vmap`` rule: rows are independent, so a batch dim of ``x`` is more rows.
+
+    A batched ``weight`` (one per vmapped sample) runs the op once per sample.
+    """
+    x_dim, w_dim = in_dims[0], in_dims[1]
+    xb = x.movedim(x_dim, 0) if x_dim is not None else x.expand(info.batch_size, *x.shape)
+    if weight is None or w_dim is None:
+        y, rstd = _rms_norm_op(xb, weight, d, eps)
+        return (y, rstd.view(info.batch_size, -1, 1)), (0, 0)
+    wb = weight.movedim(w_dim, 0)
+    outs = [_rms_norm_op(xb[i], wb[i], d, eps) for i in range(info.batch_size)]
+    return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
+
+
+torch.library.register_vmap("traintech::rms_norm", _rms_norm_vmap)
+
+
 @torch.library.custom_op(
     "traintech::add_rms_norm",
     mutates_args=(),
