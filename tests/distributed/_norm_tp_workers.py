@@ -65,3 +65,18 @@ def sequence_parallel(rank: int, world_size: int) -> dict[str, float]:
                 if a is not None:
                     errors[f"{name} {label} {part}"] = float((a - b).abs().max())
     return errors
+
+
+def sync_bn_double_backward(rank: int, world_size: int) -> dict[str, Any]:
+    """First-order gradients across ranks work; ``create_graph=True`` is refused loudly."""
+    gen = torch.Generator().manual_seed(rank)
+    layer = tn.SyncBatchNorm(3).double()
+    x = torch.randn(4, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).pow(3).sum(), x)
+    try:
+        torch.autograd.grad(layer(x).pow(3).sum(), x, create_graph=True)
+    except RuntimeError as err:
+        message = str(err)
+    else:
+        message = ""
+    return {"first_order_finite": bool(gx.isfinite().all()), "message": message}
