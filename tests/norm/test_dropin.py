@@ -69,8 +69,11 @@ def _pair(row: tuple[Any, ...], train: bool = True) -> tuple[nn.Module, nn.Modul
 
 
 def _same_state(ours: nn.Module, theirs: nn.Module) -> None:
-    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
-        torch.testing.assert_close(a, b, **TOL, msg=k)
+    mine, expected = ours.state_dict(), theirs.state_dict()
+    # FrozenBatchNorm2d keeps no batch counter; every other key must be there and equal
+    assert set(expected) - set(mine) <= {"num_batches_tracked"}, (set(mine), set(expected))
+    for k, a in mine.items():
+        torch.testing.assert_close(a, expected[k], **TOL, msg=k)
 
 
 def _side_by_side(fn: Callable[[nn.Module], Any], ours: nn.Module, theirs: nn.Module) -> bool:
@@ -482,3 +485,124 @@ def test_fx_symbolic_trace_of_every_functional_matches_torch(seed):
 
     gm = torch.fx.symbolic_trace(Model(F))
     torch.testing.assert_close(gm(x), Model(TF)(x), **TOL)
+
+
+# ------------------------------------------------------------- layers without a namesake
+
+_R = torch.linspace(-2, 2, 2 * 3 * 8, dtype=torch.float64).view(2, 3, 8)
+
+
+class _OursAddRMS(tn.FusedAddRMSNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y, h = super().forward(x, _R)
+        return y + h
+
+
+class _TorchAddRMS(nn.RMSNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + _R
+        return super().forward(h) + h
+
+
+class _OursAddLN(tn.FusedAddLayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y, h = super().forward(x, _R)
+        return y * h
+
+
+class _TorchAddLN(nn.LayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + _R
+        return super().forward(h) * h
+
+
+class _FrozenTorchBN(nn.BatchNorm2d):
+    """torch's BatchNorm2d held in eval mode: what FrozenBatchNorm2d computes in either mode."""
+
+    def train(self, mode: bool = True) -> _FrozenTorchBN:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # no shape check: FX traces it
+        return TF.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                             False, 0.0, self.eps)  # fmt: skip
+
+
+class _TorchChannelLN(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moved = TF.layer_norm(x.movedim(1, -1), (x.shape[1],), self.weight, self.bias, 1e-5)
+        return moved.movedim(-1, 1)
+
+
+#: (id, ours, torch's equivalent, input shape): same state_dict keys (Frozen: BN's minus counter).
+EXTRAS: list[tuple[str, Callable[[], nn.Module], Callable[[], nn.Module], tuple[int, ...]]] = [
+    ("fused_add_rms", lambda: _OursAddRMS(8, eps=1e-6), lambda: _TorchAddRMS(8, eps=1e-6),
+     (2, 3, 8)),
+    ("fused_add_ln", lambda: _OursAddLN(8), lambda: _TorchAddLN(8), (2, 3, 8)),
+    ("sync_bn_one_process", lambda: tn.SyncBatchNorm(3), lambda: nn.BatchNorm2d(3), (4, 3, 2, 3)),
+    ("ghost_bn_one_chunk", lambda: tn.GhostBatchNorm(3, 8), lambda: nn.BatchNorm2d(3),
+     (4, 3, 2, 3)),
+    ("frozen_bn", lambda: tn.FrozenBatchNorm2d(3), lambda: _FrozenTorchBN(3),
+     (4, 3, 2, 3)),
+    ("channel_ln", lambda: tn.ChannelLayerNorm(3), lambda: _TorchChannelLN(3), (2, 3, 4, 2)),
+]  # fmt: skip
+
+
+def _extra_pair(row: tuple[Any, ...]) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    _, ours_f, theirs_f, shape = row
+    gen = torch.Generator().manual_seed(len(shape))
+    theirs = theirs_f().double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        for name, b in theirs.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.5)
+            elif name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64))
+    ours = ours_f().double()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs, torch.randn(shape, generator=gen, dtype=torch.float64) + 0.5
+
+
+@pytest.mark.parametrize("row", EXTRAS, ids=[r[0] for r in EXTRAS])
+def test_layers_without_a_namesake_work_under_torch_func_fx_export_and_double_backward(row):
+    ours, theirs, x = _extra_pair(row)
+
+    def input_grad_of_grad(m: nn.Module) -> torch.Tensor:
+        xg = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(m(xg).pow(3).sum(), xg, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), xg)[0]
+
+    def functorch_all(m: nn.Module) -> tuple[Any, ...]:
+        gx = grad(lambda t: m(t).pow(3).sum())(x)
+        _, tangent = jvp(m, (x,), (torch.ones_like(x),))
+        jac = jacrev(m)(x)
+        return gx, tangent, jac
+
+    def traced(m: nn.Module) -> torch.Tensor:
+        return torch.fx.symbolic_trace(_Wrap(m))(x)
+
+    def exported(m: nn.Module) -> torch.Tensor:
+        return torch.export.export(_Wrap(m), (x,)).module()(x)
+
+    for fn in (input_grad_of_grad, functorch_all, traced, exported):
+        # BatchNorm in training under jvp/jacrev raises in torch too (in-place running-stat
+        # update with a dual/batched value): each check must run in at least one mode
+        compared = [_side_by_side(fn, ours.train(t), theirs.train(t)) for t in (True, False)]
+        assert any(compared), fn.__name__
+    xi = x.clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: copy.deepcopy(ours)(t), (xi,))
+
+
+def test_ghost_batchnorm_traced_by_fx_in_training_mode_splits_at_run_time(seed):
+    layer = tn.GhostBatchNorm(3, 2)
+    gm = torch.fx.symbolic_trace(_Wrap(copy.deepcopy(layer)))
+    for batch in (4, 5, 6):  # the virtual batches follow each call's batch size
+        x = torch.randn(batch, 3, generator=seed)
+        torch.testing.assert_close(gm(x), _Wrap(layer)(x))
+    torch.testing.assert_close(gm.layer.running_mean, layer.running_mean)

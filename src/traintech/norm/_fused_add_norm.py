@@ -25,11 +25,11 @@ from traintech.norm._rms_norm import (
     rms_norm,
     use_fast_path,
 )
-from traintech.norm._stats import as_shape, check_eps, check_trailing_shape
+from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, is_symbolic
 
 
 def _check_residual(input: Tensor, residual: Tensor | None, name: str) -> None:
-    if residual is not None and residual.shape != input.shape:
+    if residual is not None and not is_symbolic(input) and residual.shape != input.shape:
         raise ValueError(
             f"{name}: residual must have the input's shape {tuple(input.shape)}, "
             f"got {tuple(residual.shape)}"

@@ -127,6 +127,11 @@ def ghost_batch_norm(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+# The virtual batches depend on the batch size, which torch.fx.symbolic_trace does not know: FX
+# records a call of this function (run with real tensors) instead of tracing into it.
+torch.fx.wrap("ghost_batch_norm")
+
+
 class GhostBatchNorm(_BatchNorm):
     r"""Ghost BatchNorm: training statistics over virtual batches, eval exactly BatchNorm.
 
