@@ -302,7 +302,8 @@ def test_torch_export_matches_torch(row):
 def test_torch_compile_fullgraph_inductor_forward_and_backward_match_torch(seed):
     def model(kind: Any) -> nn.Module:
         return nn.Sequential(kind.LayerNorm(8), kind.RMSNorm(8, eps=1e-6), nn.Unflatten(-1, (2, 4)),
-                             kind.GroupNorm(2, 4), kind.BatchNorm2d(4))  # fmt: skip
+                             kind.GroupNorm(2, 4), kind.BatchNorm2d(4),
+                kind.InstanceNorm2d(4, affine=True, track_running_stats=True))  # fmt: skip
 
     theirs = model(nn).double()
     ours = model(tn).double()
