@@ -213,3 +213,36 @@ def default_mps_generator() -> torch.Generator | None:
 def functorch_transform_active() -> bool:
     """Whether a ``torch.func`` transform (vmap, grad, jvp, ...) is running now."""
     return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+#: torch's BatchNorm base class (``torch.nn.modules.batchnorm._BatchNorm``): the class torch's
+#: utilities (``convert_sync_batchnorm``, ``swa_utils.update_bn``, quantization fusion) test
+#: ``isinstance`` against; traintech's BatchNorm variants without a public torch namesake
+#: (``GhostBatchNorm``) derive from it.
+TorchBatchNormBase = torch.nn.modules.batchnorm._BatchNorm
+
+
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD dual level is open (``torch.autograd.forward_ad.dual_level``)."""
+    return bool(torch.autograd.forward_ad._current_level >= 0)
+
+
+#: torch's InstanceNorm base class (``torch.nn.modules.instancenorm._InstanceNorm``).
+TorchInstanceNormBase = torch.nn.modules.instancenorm._InstanceNorm
+
+
+def quantization_fusers() -> dict[tuple[type, ...], Any]:
+    """Torch's default module-type tuple -> fuser method table of ``fuse_modules``."""
+    from torch.ao.quantization import fuser_method_mappings
+
+    return dict(fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD)
+
+
+def register_quantization_fuser(op_types: tuple[type, ...], method: Any) -> None:
+    """Add ``op_types -> method`` to the table ``torch.ao.quantization.fuse_modules`` looks up.
+
+    torch matches exact module types there, so subclasses of its layers need their own entries.
+    """
+    from torch.ao.quantization import fuser_method_mappings
+
+    fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD.setdefault(op_types, method)

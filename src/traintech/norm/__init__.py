@@ -1,9 +1,11 @@
 """Normalization layers, their functional forms, and conversion/inference utilities.
 
-Layers with ``torch.nn``'s names, arguments and state_dict keys (``BatchNorm1d/2d/3d``,
-``LayerNorm``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``, ``RMSNorm``), plus ``FrozenBatchNorm2d``,
-``GhostBatchNorm``, ``ChannelLayerNorm`` and the fused residual add + norm layers. Functional
-forms live in :mod:`traintech.norm.functional`.
+Layers that are subclasses of their ``torch.nn`` namesakes (``BatchNorm1d/2d/3d``, ``LayerNorm``,
+``GroupNorm``, ``InstanceNorm1d/2d/3d``, ``RMSNorm``; same arguments and state_dict keys, plus
+clearer errors), ``SyncBatchNorm`` (also on gloo/CPU), ``FrozenBatchNorm2d``, ``GhostBatchNorm``,
+``ChannelLayerNorm`` and the fused residual add + norm layers. RMSNorm's own kernel is a fast
+path for plain dense CPU tensors; everywhere else torch's op runs. Functional forms live in
+:mod:`traintech.norm.functional`.
 """
 
 from traintech.norm import functional
@@ -21,10 +23,13 @@ from traintech.norm._fused_add_norm import FusedAddLayerNorm, FusedAddRMSNorm
 from traintech.norm._ghost_batch_norm import GhostBatchNorm, chunk_sizes
 from traintech.norm._group_norm import GroupNorm
 from traintech.norm._instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from traintech.norm._interop import register_quantization_fusions
 from traintech.norm._layer_norm import ChannelLayerNorm, LayerNorm
 from traintech.norm._recalibrate import recalibrate_batchnorm
 from traintech.norm._rms_norm import RMSNorm
 from traintech.norm._sync_batch_norm import SyncBatchNorm, convert_sync_batchnorm
+
+register_quantization_fusions()
 
 __all__ = [
     "BatchNorm1d",

@@ -7,13 +7,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from traintech.norm._affine import register_affine
+from traintech._checks import check_positive_int
+from traintech._compat import TorchBatchNormBase
 from traintech.norm._stats import (
     blend_factor,
     check_channels,
     check_eps,
     check_momentum,
-    check_positive_int,
+    is_symbolic,
 )
 
 # Speed note: for training and eval, torch's native ``torch.batch_norm`` kernel computes exactly
@@ -75,31 +76,28 @@ def batch_norm(
     """
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
-    if input.dim() < 2:
+    if is_symbolic(input):  # torch.fx.symbolic_trace: torch's op checks at run time
+        pass
+    elif input.dim() < 2 and input.numel() > 0:  # torch passes an empty 1-D input through
         raise ValueError(f"batch_norm: expected input of shape (N, C, *), got {tuple(input.shape)}")
-    if training:
+    elif training:
         _check_batch_size(input)
     return torch.batch_norm(
         input, weight, bias, running_mean, running_var, training, momentum, eps, False
     )
 
 
-class _NormBase(nn.Module):
-    """Parameters, buffers, state_dict versioning and checks shared by BatchNorm and InstanceNorm.
+class _BatchNorm(TorchBatchNormBase):
+    """Our checks on top of torch's BatchNorm (subclasses fix the accepted ranks).
 
-    Same constructor, attributes, buffers and ``extra_repr`` as ``torch.nn`` (``_version = 2``:
-    version-1 checkpoints lack ``num_batches_tracked``, which loads as 0).
+    Parameters, buffers, ``state_dict`` versioning, ``extra_repr`` and the forward are torch's
+    (``torch.nn.modules.batchnorm._BatchNorm``); we add argument checks at construction and an
+    input check (rank, channel count) with a message naming the layer and the shape. The input
+    check is plain Python on the shape, so ``torch.compile``/``torch.export`` trace it (it becomes
+    a shape guard); under ``torch.fx.symbolic_trace`` (a ``Proxy`` has no shape) it is skipped.
     """
 
-    _version = 2
-    num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
-    running_mean: Tensor | None
-    running_var: Tensor | None
-    num_batches_tracked: Tensor | None
+    _ranks: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -116,80 +114,13 @@ class _NormBase(nn.Module):
         check_positive_int(num_features, "num_features")
         check_eps(eps)
         check_momentum(momentum)
-        super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        register_affine(self, num_features, affine=affine, bias=bias, device=device, dtype=dtype)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """Running mean to 0, running variance to 1, batch counter to 0."""
-        if self.running_mean is not None and self.running_var is not None:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics, the weight to 1 and the bias to 0."""
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        """Same text as torch's."""
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            # Version 2 added num_batches_tracked; older checkpoints start the count at 0.
-            nbt = self.num_batches_tracked
-            usable = nbt is not None and nbt.device.type != "meta"
-            state_dict[key] = nbt if usable else torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-
-class _BatchNorm(_NormBase):
-    """BatchNorm over ``(N, C, *)`` inputs; subclasses fix the accepted ranks."""
-
-    _ranks: tuple[int, ...] = ()
-
-    def _check_input(self, input: Tensor) -> None:
+    def _check_input_dim(self, input: Tensor) -> None:
+        if is_symbolic(input):
+            return
         if input.dim() not in self._ranks:
             want = " or ".join(f"{r}D" for r in self._ranks)
             raise ValueError(
@@ -197,6 +128,8 @@ class _BatchNorm(_NormBase):
                 f"of shape {tuple(input.shape)})"
             )
         check_channels(input, self.num_features, type(self).__name__)
+        if self._use_batch_stats():
+            _check_batch_size(input)  # before torch's forward increments the batch counter
 
     def _blend_factor(self) -> float:
         """Increment the batch counter (training with tracking) and return the blend factor."""
@@ -208,29 +141,9 @@ class _BatchNorm(_NormBase):
     def _use_batch_stats(self) -> bool:
         return self.training or (self.running_mean is None and self.running_var is None)
 
-    def forward(self, input: Tensor) -> Tensor:
-        """Normalize ``input`` with batch (training) or running (eval) statistics."""
-        self._check_input(input)
-        use_batch = self._use_batch_stats()
-        if use_batch:
-            _check_batch_size(input)
-        factor = self._blend_factor()
-        track = not self.training or self.track_running_stats
-        return torch.batch_norm(
-            input,
-            self.weight,
-            self.bias,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            use_batch,
-            factor,
-            self.eps,
-            False,
-        )
 
-
-class BatchNorm1d(_BatchNorm):
-    r"""Batch normalization over a ``(N, C)`` or ``(N, C, L)`` input, drop-in for torch's.
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
+    r"""Batch normalization over a ``(N, C)`` or ``(N, C, L)`` input; a ``torch.nn.BatchNorm1d``.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
@@ -260,8 +173,8 @@ class BatchNorm1d(_BatchNorm):
     _ranks = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
-    r"""Batch normalization over a ``(N, C, H, W)`` input, drop-in for ``torch.nn.BatchNorm2d``.
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
+    r"""Batch normalization over a ``(N, C, H, W)`` input; a ``torch.nn.BatchNorm2d``.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
@@ -278,8 +191,8 @@ class BatchNorm2d(_BatchNorm):
     _ranks = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
-    r"""Batch normalization over a ``(N, C, D, H, W)`` input, drop-in for torch's.
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
+    r"""Batch normalization over a ``(N, C, D, H, W)`` input; a ``torch.nn.BatchNorm3d``.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta

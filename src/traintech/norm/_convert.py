@@ -8,11 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from traintech.norm._batch_norm import BatchNorm2d, _BatchNorm
+from traintech._checks import check_positive_int
+from traintech._compat import TorchBatchNormBase
+from traintech.norm._batch_norm import BatchNorm2d
 from traintech.norm._frozen_batch_norm import FrozenBatchNorm2d
 from traintech.norm._group_norm import GroupNorm
 from traintech.norm._layer_norm import ChannelLayerNorm
-from traintech.norm._stats import check_eps, check_positive_int
+from traintech.norm._stats import check_eps
 
 #: BatchNorm classes the converters recognise (torch's and ours, SyncBatchNorm included).
 BATCHNORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -20,7 +22,7 @@ BATCHNORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm2d,
     nn.BatchNorm3d,
     nn.SyncBatchNorm,
-    _BatchNorm,
+    TorchBatchNormBase,
 )
 
 
@@ -53,9 +55,7 @@ def choose_num_groups(
     """
     check_positive_int(num_channels, "num_channels")
     if num_groups is not None and group_size is not None:
-        raise ValueError(
-            f"give num_groups ({num_groups}) or group_size ({group_size}), not both"
-        )
+        raise ValueError(f"give num_groups ({num_groups}) or group_size ({group_size}), not both")
     divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
     if group_size is not None:
         check_positive_int(group_size, "group_size")

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from traintech.norm._stats import check_channels, check_eps, check_positive_int, scale_shift
+from traintech._checks import check_positive_int
+from traintech.norm._stats import check_channels, check_eps, is_symbolic, scale_shift
 
 
 def frozen_batch_norm(
@@ -56,6 +57,11 @@ def frozen_batch_norm(
     )
     view = [1, -1] + [1] * (input.dim() - 2)
     return torch.addcmul(shift.view(view), input.to(dtype), scale.view(view)).to(input.dtype)
+
+
+# FX records a call of this function (its view shape depends on the input's rank) rather than
+# tracing into it.
+torch.fx.wrap("frozen_batch_norm")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -142,7 +148,7 @@ class FrozenBatchNorm2d(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalize ``input`` with the frozen statistics."""
-        if input.dim() != 4:
+        if not is_symbolic(input) and input.dim() != 4:
             raise ValueError(
                 f"FrozenBatchNorm2d: expected 4D input (got {input.dim()}D input of shape "
                 f"{tuple(input.shape)})"

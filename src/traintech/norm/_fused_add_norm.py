@@ -1,61 +1,35 @@
 """Fused residual add + norm for pre-norm Transformers: ``h = x + residual; y = norm(h)``.
 
 Returns ``(y, h)``: the normalized input of the next sub-layer and the new residual stream, from
-one call (flash-attn's ``prenorm=True`` convention). The RMSNorm variant is one autograd Function:
-it saves ``(h, rstd)`` only, and its backward adds the residual-stream gradient into the RMSNorm
-input gradient in place and hands that same tensor to both ``x`` and ``residual`` (as torch's own
-``add`` backward does).
+one call (flash-attn's ``prenorm=True`` convention). On plain dense CPU tensors the RMSNorm
+variant is one custom op (``traintech::add_rms_norm``): it saves ``(h, rstd)`` only, and its
+backward adds the residual-stream gradient into the RMSNorm input gradient in place and hands
+that same tensor to both ``x`` and ``residual`` (as torch's own ``add`` backward does).
+Everywhere else (see :func:`traintech.norm._rms_norm.use_fast_path`) it is ``x + residual``
+followed by torch's ``F.rms_norm``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from traintech.norm._layer_norm import LayerNorm
 from traintech.norm._rms_norm import (
     RMSNorm,
-    _RMSNormFunction,
+    _add_rms_norm_op,
     default_rms_eps,
-    rms_backward,
-    rms_forward,
+    rms_norm,
+    use_fast_path,
 )
-from traintech.norm._stats import as_shape, check_eps, check_trailing_shape
-
-
-class _AddRMSNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, residual: Tensor, weight: Tensor | None, d: int, eps: float
-    ) -> tuple[Tensor, Tensor]:
-        h = torch.add(x, residual)
-        y, rstd = rms_forward(h.view(-1, d), weight, eps)
-        ctx.save_for_backward(h, weight, rstd)
-        ctx.d = d
-        return y.view(h.shape), h
-
-    @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: Any, gy: Tensor, gh: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor | None, None, None]:
-        h, weight, rstd = ctx.saved_tensors
-        need_w = weight is not None and ctx.needs_input_grad[2]
-        dh, dw = rms_backward(
-            gy.reshape(-1, ctx.d), h.view(-1, ctx.d), rstd, weight, need_w, gh.reshape(-1, ctx.d)
-        )
-        dh = dh.view(h.shape)
-        dweight = None if dw is None else dw.to(weight.dtype).view(weight.shape)
-        return dh, dh, dweight, None, None
+from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, is_symbolic
 
 
 def _check_residual(input: Tensor, residual: Tensor | None, name: str) -> None:
-    if residual is not None and residual.shape != input.shape:
+    if residual is not None and not is_symbolic(input) and residual.shape != input.shape:
         raise ValueError(
             f"{name}: residual must have the input's shape {tuple(input.shape)}, "
             f"got {tuple(residual.shape)}"
@@ -96,11 +70,16 @@ def fused_add_rms_norm(
     shape = as_shape(normalized_shape)
     check_trailing_shape(input, shape, "fused_add_rms_norm")
     _check_residual(input, residual, "fused_add_rms_norm")
-    eps = default_rms_eps(input.dtype) if eps is None else check_eps(eps)
-    d = math.prod(shape)
+    if eps is not None:
+        check_eps(eps)
     if residual is None:
-        return _RMSNormFunction.apply(input, weight, d, eps), input
-    return _AddRMSNormFunction.apply(input, residual, weight, d, eps)
+        return rms_norm(input, shape, weight, eps), input
+    if use_fast_path(input, residual, weight):
+        eps_value = default_rms_eps(input.dtype) if eps is None else eps
+        y, h, _ = _add_rms_norm_op(input, residual, weight, math.prod(shape), eps_value)
+        return y, h
+    h = input + residual
+    return F.rms_norm(h, shape, weight, eps), h
 
 
 def fused_add_layer_norm(
@@ -142,7 +121,7 @@ def fused_add_layer_norm(
     check_trailing_shape(input, shape, "fused_add_layer_norm")
     _check_residual(input, residual, "fused_add_layer_norm")
     h = input if residual is None else input + residual
-    return torch.layer_norm(h, shape, weight, bias, eps), h
+    return F.layer_norm(h, shape, weight, bias, eps), h
 
 
 class FusedAddRMSNorm(RMSNorm):
@@ -207,5 +186,3 @@ class FusedAddLayerNorm(LayerNorm):
         return fused_add_layer_norm(
             input, residual, self.normalized_shape, self.weight, self.bias, self.eps
         )
-
-

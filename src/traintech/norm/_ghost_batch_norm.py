@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._checks import check_positive_int
 from traintech.norm._batch_norm import _BatchNorm, _check_batch_size
 from traintech.norm._stats import (
     check_eps,
     check_momentum,
-    check_positive_int,
+    is_symbolic,
     moments,
     normalize,
     update_running_stats_,
@@ -126,6 +127,11 @@ def ghost_batch_norm(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+# The virtual batches depend on the batch size, which torch.fx.symbolic_trace does not know: FX
+# records a call of this function (run with real tensors) instead of tracing into it.
+torch.fx.wrap("ghost_batch_norm")
+
+
 class GhostBatchNorm(_BatchNorm):
     r"""Ghost BatchNorm: training statistics over virtual batches, eval exactly BatchNorm.
 
@@ -185,9 +191,10 @@ class GhostBatchNorm(_BatchNorm):
         """Normalize with virtual-batch statistics (training) or running statistics (eval)."""
         if not self.training:
             return super().forward(input)
-        self._check_input(input)
-        for size in set(chunk_sizes(input.shape[0], self.virtual_batch_size)):
-            _check_batch_size(input[:size])
+        self._check_input_dim(input)
+        if not is_symbolic(input):
+            for size in set(chunk_sizes(input.shape[0], self.virtual_batch_size)):
+                _check_batch_size(input[:size])
         factor = self._blend_factor()
         return ghost_batch_norm(
             input,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from traintech.norm._affine import register_affine
-from traintech.norm._stats import check_channels, check_eps, check_positive_int
+from traintech._checks import check_positive_int
+from traintech.norm._stats import check_channels, check_eps, is_symbolic
 
 # Speed note: torch's native ``torch.group_norm`` kernel computes this exact formula with fused
 # passes (stats in fp32 for half inputs); measured at (32, 64, 56, 56), fp32, CPU, 1 thread,
@@ -66,22 +66,27 @@ def group_norm(
         [-0.99999499..., 0.99999499...]
     """
     check_eps(eps)
+    if is_symbolic(input):
+        return F.group_norm(input, num_groups, weight, bias, eps)
     if input.dim() < 2:
         raise ValueError(f"group_norm: expected input of shape (N, C, *), got {tuple(input.shape)}")
     _check_groups(num_groups, input.shape[1])
     _check_group_size(input, num_groups)
-    return torch.group_norm(input, num_groups, weight, bias, eps)
+    return F.group_norm(input, num_groups, weight, bias, eps)
 
 
-class GroupNorm(nn.Module):
-    r"""Group normalization, drop-in for ``torch.nn.GroupNorm`` (same arguments and state_dict).
+class GroupNorm(nn.GroupNorm):
+    r"""Group normalization: a ``torch.nn.GroupNorm`` (subclass) with clearer errors.
 
     .. math::
         y = \frac{x - \mathrm{E}_g[x]}{\sqrt{\mathrm{Var}_g[x] + \epsilon}} \cdot \gamma_c + \beta_c
 
     statistics per sample and group of ``num_channels / num_groups`` channels, identical in
     training and eval. ``GroupNorm(1, C)`` is LayerNorm over ``(C, H, W)`` with per-channel affine;
-    ``GroupNorm(C, C)`` is InstanceNorm. Paper: https://arxiv.org/abs/1803.08494.
+    ``GroupNorm(C, C)`` is InstanceNorm. Parameters, ``state_dict``, ``extra_repr`` and the kernel
+    (``F.group_norm``) are torch's; we check the arguments at construction (a group count that
+    does not divide the channels points to :func:`~traintech.norm.choose_num_groups`) and the
+    input's channel count. Paper: https://arxiv.org/abs/1803.08494.
 
     Args:
         num_groups: number of groups; must divide ``num_channels``.
@@ -111,32 +116,11 @@ class GroupNorm(nn.Module):
         check_positive_int(num_channels, "num_channels")
         _check_groups(num_groups, num_channels)
         check_eps(eps)
-        super().__init__()
-        self.num_groups = num_groups
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        register_affine(self, num_channels, affine=affine, bias=bias, device=device, dtype=dtype)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Weight to 1, bias to 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalize ``input`` per sample and channel group."""
         check_channels(input, self.num_channels, "GroupNorm", "num_channels")
-        _check_group_size(input, self.num_groups)
-        return torch.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
-
-    def extra_repr(self) -> str:
-        """Same text as torch's."""
-        return (
-            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-            f"bias={self.bias is not None}"
-        )
+        if not is_symbolic(input):
+            _check_group_size(input, self.num_groups)
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)

@@ -6,10 +6,12 @@ import warnings
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from traintech.norm._batch_norm import _NormBase
-from traintech.norm._stats import check_eps, check_momentum
+from traintech._checks import check_positive_int
+from traintech._compat import TorchInstanceNormBase
+from traintech.norm._stats import check_eps, check_momentum, is_symbolic
 
 # Speed note: torch's native ``torch.instance_norm`` reshapes to one batch-norm "channel" per
 # (sample, channel) and runs the fused batch-norm kernel; that is the computation we want, so the
@@ -56,11 +58,11 @@ def instance_norm(
     """
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
-    if input.dim() < 3:
+    if not is_symbolic(input) and input.dim() < 3:
         raise ValueError(
             f"instance_norm: expected input of shape (N, C, L, *), got {tuple(input.shape)}"
         )
-    if use_input_stats:
+    if use_input_stats and not is_symbolic(input):
         _check_spatial_size(input)
     return torch.instance_norm(
         input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, False
@@ -77,8 +79,12 @@ def _check_spatial_size(input: Tensor) -> None:
         )
 
 
-class _InstanceNorm(_NormBase):
-    """InstanceNorm over ``(N, C, *)`` or unbatched ``(C, *)`` inputs."""
+class _InstanceNorm(TorchInstanceNormBase):
+    """Our checks on top of torch's InstanceNorm over ``(N, C, *)`` or unbatched ``(C, *)``.
+
+    Parameters, buffers, ``state_dict`` handling (including torch's report of pre-0.4 running
+    stats) and ``extra_repr`` are torch's (``torch.nn.modules.instancenorm._InstanceNorm``).
+    """
 
     _spatial_dims = 1
 
@@ -86,7 +92,7 @@ class _InstanceNorm(_NormBase):
         self,
         num_features: int,
         eps: float = 1e-5,
-        momentum: float = 0.1,
+        momentum: float | None = 0.1,
         affine: bool = False,
         track_running_stats: bool = False,
         device: Any = None,
@@ -94,10 +100,13 @@ class _InstanceNorm(_NormBase):
         *,
         bias: bool = True,
     ) -> None:
+        check_positive_int(num_features, "num_features")
+        check_eps(eps)
+        check_momentum(momentum)
         super().__init__(
             num_features,
             eps,
-            momentum,
+            momentum,  # type: ignore[arg-type]
             affine,
             track_running_stats,
             device,
@@ -105,41 +114,33 @@ class _InstanceNorm(_NormBase):
             bias=bias,
         )
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        version = local_metadata.get("version", None)
-        if version is None and not self.track_running_stats:
-            # Checkpoints from before torch 0.4 stored running stats that InstanceNorm no longer
-            # tracks by default: report them (as torch does) and drop them.
-            keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
-            if keys:
-                error_msgs.append(
-                    f"Unexpected running stats buffer(s) {' and '.join(keys)} for "
-                    f"{type(self).__name__} with track_running_stats=False; remove these keys "
-                    "from the state_dict or construct the layer with track_running_stats=True."
-                )
-                for k in keys:
-                    state_dict.pop(k)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _get_no_batch_dim(self) -> int:
+        return self._spatial_dims + 1
 
-    def forward(self, input: Tensor) -> Tensor:
-        """Normalize each (sample, channel) over its spatial dims."""
+    def _check_input_dim(self, input: Tensor) -> None:
         no_batch = self._spatial_dims + 1
         if input.dim() not in (no_batch, no_batch + 1):
             raise ValueError(
                 f"{type(self).__name__}: expected {no_batch}D or {no_batch + 1}D input "
                 f"(got {input.dim()}D input of shape {tuple(input.shape)})"
             )
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Normalize each (sample, channel) over its spatial dims."""
+        if is_symbolic(input):
+            # torch.fx.symbolic_trace: no shape to branch on; a batched input is assumed.
+            return F.instance_norm(
+                input,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.training or not self.track_running_stats,
+                self.momentum if self.momentum is not None else 0.0,
+                self.eps,
+            )
+        no_batch = self._spatial_dims + 1
+        self._check_input_dim(input)
         feature_dim = input.dim() - no_batch
         if input.shape[feature_dim] != self.num_features:
             if self.affine or self.track_running_stats:
@@ -171,8 +172,8 @@ class _InstanceNorm(_NormBase):
         return out if input.dim() == no_batch + 1 else out.squeeze(0)
 
 
-class InstanceNorm1d(_InstanceNorm):
-    r"""Instance normalization of ``(N, C, L)`` or ``(C, L)``, drop-in for torch's.
+class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
+    r"""Instance normalization of ``(N, C, L)`` or ``(C, L)``: torch's class.
 
     .. math::
         y = \frac{x - \mathrm{E}_{n,c}[x]}{\sqrt{\mathrm{Var}_{n,c}[x] + \epsilon}}
@@ -202,8 +203,8 @@ class InstanceNorm1d(_InstanceNorm):
     _spatial_dims = 1
 
 
-class InstanceNorm2d(_InstanceNorm):
-    r"""Instance normalization of ``(N, C, H, W)`` or ``(C, H, W)``, drop-in for torch's.
+class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
+    r"""Instance normalization of ``(N, C, H, W)`` or ``(C, H, W)``: torch's class.
 
     .. math::
         y = \frac{x - \mathrm{E}_{n,c}[x]}{\sqrt{\mathrm{Var}_{n,c}[x] + \epsilon}}
@@ -220,8 +221,8 @@ class InstanceNorm2d(_InstanceNorm):
     _spatial_dims = 2
 
 
-class InstanceNorm3d(_InstanceNorm):
-    r"""Instance normalization of ``(N, C, D, H, W)`` or ``(C, D, H, W)``, drop-in for torch's.
+class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
+    r"""Instance normalization of ``(N, C, D, H, W)`` or ``(C, D, H, W)``: torch's class.
 
     .. math::
         y = \frac{x - \mathrm{E}_{n,c}[x]}{\sqrt{\mathrm{Var}_{n,c}[x] + \epsilon}}

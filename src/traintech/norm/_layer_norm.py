@@ -6,15 +6,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from traintech._checks import check_positive_int
 from traintech.norm._affine import register_affine
 from traintech.norm._stats import (
     as_shape,
     check_channels,
     check_eps,
-    check_positive_int,
     check_trailing_shape,
+    is_symbolic,
 )
 
 # Speed note: torch's native ``torch.layer_norm`` fuses statistics, normalization and affine in
@@ -57,16 +59,18 @@ def layer_norm(
     shape = as_shape(normalized_shape)
     check_eps(eps)
     check_trailing_shape(input, shape, "layer_norm")
-    return torch.layer_norm(input, shape, weight, bias, eps)
+    return F.layer_norm(input, shape, weight, bias, eps)
 
 
-class LayerNorm(nn.Module):
-    r"""Layer normalization, drop-in for ``torch.nn.LayerNorm`` (same arguments and state_dict).
+class LayerNorm(nn.LayerNorm):
+    r"""Layer normalization: a ``torch.nn.LayerNorm`` (subclass) with clearer errors.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
 
-    over the last ``len(normalized_shape)`` dims, identical in training and eval.
+    over the last ``len(normalized_shape)`` dims, identical in training and eval. Parameters,
+    ``state_dict``, ``extra_repr`` and the kernel (``F.layer_norm``) are torch's; we check the
+    arguments at construction and the input's trailing shape (``ValueError`` naming both shapes).
     Paper: https://arxiv.org/abs/1607.06450.
 
     Args:
@@ -82,8 +86,6 @@ class LayerNorm(nn.Module):
         [[-0.99999499..., 0.99999499...]]
     """
 
-    normalized_shape: tuple[int, ...]
-
     def __init__(
         self,
         normalized_shape: int | Sequence[int],
@@ -95,35 +97,12 @@ class LayerNorm(nn.Module):
     ) -> None:
         shape = as_shape(normalized_shape)
         check_eps(eps)
-        super().__init__()
-        self.normalized_shape = shape
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        register_affine(
-            self, shape, affine=elementwise_affine, bias=bias, device=device, dtype=dtype
-        )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Weight to 1, bias to 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        super().__init__(shape, eps, elementwise_affine, bias, device, dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalize ``input`` over its trailing ``normalized_shape`` dims."""
-        check_trailing_shape(input, self.normalized_shape, "LayerNorm")
-        return torch.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
-
-    def extra_repr(self) -> str:
-        """Same text as torch's."""
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
-        )
+        check_trailing_shape(input, tuple(self.normalized_shape), "LayerNorm")
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 def channel_layer_norm(
@@ -155,7 +134,7 @@ def channel_layer_norm(
         [-0.99999499..., 0.99999499...]
     """
     check_eps(eps)
-    if input.dim() < 2:
+    if not is_symbolic(input) and input.dim() < 2:
         raise ValueError(
             f"channel_layer_norm: expected input of shape (N, C, *), got {tuple(input.shape)}"
         )

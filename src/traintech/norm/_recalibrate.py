@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from traintech._checks import check_positive_int
 from traintech.norm._convert import is_batchnorm
-from traintech.norm._stats import check_positive_int
 
 
 def _to_device(value: Any, device: torch.device | str | None) -> Any:

@@ -1,10 +1,14 @@
-r"""RMS normalization (Zhang & Sennrich 2019): ``RMSNorm``, ``rms_norm`` and our autograd kernel.
+r"""RMS normalization (Zhang & Sennrich 2019): ``RMSNorm``, ``rms_norm`` and our CPU kernel.
+
+Dispatch, not replacement: our kernel is a fast path for plain dense CPU tensors only (see
+:func:`use_fast_path`); everywhere else (CUDA, DTensor, meta/fake tensors, ``torch.func``
+transforms, forward-mode AD, compile/export/FX tracing) ``F.rms_norm`` runs.
 
 torch's CPU ``rms_norm`` is a composite of ~6 ops whose autograd graph keeps several full-size
 intermediates and walks the data many times (about 4x the time of torch's fused LayerNorm for
-the same shape). Ours is one ``torch.autograd.Function``: the forward computes ``rstd`` once per
-row (one reduction pass, in fp32 for half inputs) and writes the output with a single allocation;
-it saves only ``(x, rstd)``; the backward is the analytic gradient
+the same shape). Ours is one custom op (``traintech::rms_norm``): the forward computes ``rstd``
+once per row (one reduction pass, in fp32 for half inputs) and writes the output with a single
+allocation; it saves only ``(x, rstd)``; the backward is the analytic gradient
 
 .. math::
     \frac{\partial L}{\partial x} = r\, g - x\, \frac{r^3}{D} \sum_j g_j x_j,
@@ -15,7 +19,8 @@ it saves only ``(x, rstd)``; the backward is the analytic gradient
 computed for fp32/fp64 by torch's fused LayerNorm backward kernel with a zero mean plus a
 per-row correction (see ``_native_backward``), and for half inputs into the ``dx`` buffer
 alone in fp32 row blocks that stay in cache on CPU (allocating fresh pages costs about as much
-as a pass over the data).
+as a pass over the data). With ``create_graph=True`` the backward is the same formula as
+differentiable torch ops (:func:`differentiable_rms_backward`), so double backward is exact.
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from traintech._compat import layer_norm_backward
+from traintech._compat import (
+    forward_ad_active,
+    functorch_transform_active,
+    is_functorch_wrapped,
+    layer_norm_backward,
+)
 from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, stat_dtype
 
 
@@ -63,7 +73,6 @@ def rms_forward(x2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, 
     same = x2.dtype == sd
     y = torch.empty_like(x2)
     rstd = torch.empty(x2.shape[0], 1, dtype=sd, device=x2.device)
-    eps_t = torch.tensor(eps, dtype=sd, device=x2.device)
     # fp32+ blocks are 4x larger (fewer small ops; measured ~2% faster at (4096, 1024)); the
     # last block first, so that the backward, which starts at row 0, finds those rows in cache
     step = _block_rows(x2, sd) * (4 if same else 1)
@@ -73,7 +82,7 @@ def rms_forward(x2: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, 
         xb = x2[rows] if same else x2[rows].to(sd)
         # the block's reduction pass brings it into cache for the two multiplications below
         torch.linalg.vector_norm(xb, dim=-1, keepdim=True, out=r)
-        torch.addcmul(eps_t, r, r, value=1.0 / d, out=r).rsqrt_()  # (|x|^2 / D + eps)^-1/2
+        r.square_().div_(d).add_(eps).rsqrt_()  # (|x|^2 / D + eps)^-1/2
         out = y[rows] if same else xb
         torch.mul(xb, r, out=out)
         if ws is not None:
@@ -183,22 +192,216 @@ def _blocked_backward(
     return out, dweight
 
 
-class _RMSNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor | None, d: int, eps: float) -> Tensor:
-        y, rstd = rms_forward(x.reshape(-1, d), weight, eps)
-        ctx.save_for_backward(x, weight, rstd)
-        ctx.d = d
-        return y.view(x.shape)
+_FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        x, weight, rstd = ctx.saved_tensors
-        need_w = weight is not None and ctx.needs_input_grad[1]
-        dx, dw = rms_backward(gy.reshape(-1, ctx.d), x.reshape(-1, ctx.d), rstd, weight, need_w)
-        dweight = None if dw is None else dw.to(weight.dtype).view(weight.shape)
-        return dx.view(x.shape), dweight, None, None
+
+def use_fast_path(input: Any, *others: Any) -> bool:
+    """Whether our CPU kernel may run: plain dense CPU tensors outside every transform and tracer.
+
+    True only for plain ``torch.Tensor`` (or ``nn.Parameter``) inputs on the CPU, strided, of one
+    dtype among fp32/fp64/bf16/fp16, non-empty, with no ``torch.func`` transform, forward-mode
+    AD level, autocast, ``torch.compile``/``torch.export``, TorchScript or FX tracing active.
+    Everywhere else (CUDA, MPS, meta/fake tensors, DTensor and other subclasses, ...) the callers
+    run torch's own op, so that torch's fused kernels, decompositions and transform rules apply.
+    """
+    if type(input) is not Tensor or input.device.type != "cpu" or input.layout != torch.strided:
+        return False
+    if input.dtype not in _FAST_DTYPES or input.numel() == 0:
+        return False
+    for other in others:
+        if other is None:
+            continue
+        if type(other) not in (Tensor, nn.Parameter) or other.device.type != "cpu":
+            return False
+        if other.dtype != input.dtype or other.layout != torch.strided:
+            return False
+    if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if functorch_transform_active() or forward_ad_active() or torch.is_autocast_enabled("cpu"):
+        return False
+    return not any(is_functorch_wrapped(t) for t in (input, *others) if t is not None)
+
+
+@torch.library.custom_op(
+    "traintech::rms_norm",
+    mutates_args=(),
+    device_types="cpu",
+    schema="(Tensor x, Tensor? weight, int d, float eps) -> (Tensor, Tensor)",
+)
+def _rms_norm_op(x: Tensor, weight: Tensor | None, d: int, eps: float) -> tuple[Tensor, Tensor]:
+    """``(y, rstd)``: our CPU forward (``rstd`` one per row of ``x.reshape(-1, d)``)."""
+    y, rstd = rms_forward(x.reshape(-1, d), weight, eps)
+    return y.view(x.shape), rstd
+
+
+@_rms_norm_op.register_fake
+def _rms_norm_fake(x: Tensor, weight: Tensor | None, d: int, eps: float) -> tuple[Tensor, Tensor]:
+    rows = x.numel() // d
+    return x.new_empty(x.shape), x.new_empty((rows, 1), dtype=stat_dtype(x.dtype))
+
+
+def _rms_norm_vmap(
+    info: Any, in_dims: tuple[int | None, ...], x: Tensor, weight: Tensor | None, d: int, eps: float
+) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
+    """The ``torch.vmap`` rule: rows are independent, so a batch dim of ``x`` is more rows.
+
+    A batched ``weight`` (one per vmapped sample) runs the op once per sample.
+    """
+    x_dim, w_dim = in_dims[0], in_dims[1]
+    xb = x.movedim(x_dim, 0) if x_dim is not None else x.expand(info.batch_size, *x.shape)
+    if weight is None or w_dim is None:
+        y, rstd = _rms_norm_op(xb, weight, d, eps)
+        return (y, rstd.view(info.batch_size, -1, 1)), (0, 0)
+    wb = weight.movedim(w_dim, 0)
+    outs = [_rms_norm_op(xb[i], wb[i], d, eps) for i in range(info.batch_size)]
+    return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
+
+
+torch.library.register_vmap("traintech::rms_norm", _rms_norm_vmap)
+
+
+@torch.library.custom_op(
+    "traintech::add_rms_norm",
+    mutates_args=(),
+    device_types="cpu",
+    schema=(
+        "(Tensor x, Tensor residual, Tensor? weight, int d, float eps) -> (Tensor, Tensor, Tensor)"
+    ),
+)
+def _add_rms_norm_op(
+    x: Tensor, residual: Tensor, weight: Tensor | None, d: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, h, rstd)`` with ``h = x + residual`` (contiguous) and ``y = rms_norm(h)``."""
+    h = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.add(x, residual, out=h)
+    y, rstd = rms_forward(h.view(-1, d), weight, eps)
+    return y.view(x.shape), h, rstd
+
+
+@_add_rms_norm_op.register_fake
+def _add_rms_norm_fake(
+    x: Tensor, residual: Tensor, weight: Tensor | None, d: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    rows = x.numel() // d
+    return (
+        x.new_empty(x.shape),
+        x.new_empty(x.shape),
+        x.new_empty((rows, 1), dtype=stat_dtype(x.dtype)),
+    )
+
+
+@torch.library.custom_op(
+    "traintech::rms_norm_backward",
+    mutates_args=(),
+    device_types="cpu",
+    schema=(
+        "(Tensor grad, Tensor x, Tensor rstd, Tensor? weight, Tensor? extra_grad, int d, "
+        "bool need_weight_grad) -> (Tensor, Tensor)"
+    ),
+)
+def _rms_norm_backward_op(
+    grad: Tensor,
+    x: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    extra_grad: Tensor | None,
+    d: int,
+    need_weight_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(dx, dweight)``; ``dweight`` is an empty tensor when not asked for."""
+    extra = None if extra_grad is None else extra_grad.reshape(-1, d)
+    dx, dw = rms_backward(
+        grad.reshape(-1, d), x.reshape(-1, d), rstd, weight, need_weight_grad, extra
+    )
+    if dw is None or weight is None:
+        return dx.view(x.shape), x.new_empty(0)
+    return dx.view(x.shape), dw.to(weight.dtype).view(weight.shape)
+
+
+@_rms_norm_backward_op.register_fake
+def _rms_norm_backward_fake(
+    grad: Tensor,
+    x: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    extra_grad: Tensor | None,
+    d: int,
+    need_weight_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    if weight is None or not need_weight_grad:
+        return x.new_empty(x.shape), x.new_empty(0)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def differentiable_rms_backward(
+    grad: Tensor, x: Tensor, weight: Tensor | None, d: int, eps: float
+) -> tuple[Tensor, Tensor | None]:
+    r"""RMSNorm's ``(dx, dweight)`` as a composite of torch ops, itself differentiable.
+
+    Used by the backward when it runs with ``create_graph=True`` (double backward, gradient
+    penalties): ``rstd`` is recomputed from ``x`` so its dependence on ``x`` is in the graph.
+
+    .. math::
+        \frac{\partial L}{\partial x} = r\, g - x\, \frac{r^3}{D} \sum_j g_j x_j,
+        \qquad g = \gamma \odot \frac{\partial L}{\partial y}
+    """
+    sd = stat_dtype(x.dtype)
+    xs = x.reshape(-1, d).to(sd)
+    gy = grad.reshape(-1, d).to(sd)
+    r = torch.rsqrt(xs.square().mean(-1, keepdim=True) + eps)
+    g = gy if weight is None else gy * weight.reshape(-1).to(sd)
+    dx = r * g - xs * (r.pow(3) / d) * (g * xs).sum(-1, keepdim=True)
+    dw = None if weight is None else (gy * xs * r).sum(0).to(weight.dtype).view(weight.shape)
+    return dx.to(x.dtype).view(x.shape), dw
+
+
+def _rms_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    x, weight, d, eps = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.d, ctx.eps = d, eps
+
+
+def _rms_grads(
+    ctx: Any, gy: Tensor, x: Tensor, weight: Tensor | None, rstd: Tensor, extra: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """``(dx (+ extra), dweight)``: our kernel, or the composite when building a graph."""
+    w_index = len(ctx.needs_input_grad) - 3
+    need_w = weight is not None and ctx.needs_input_grad[w_index]
+    if torch.is_grad_enabled():
+        dx, dw = differentiable_rms_backward(gy, x, weight, ctx.d, ctx.eps)
+        return (dx if extra is None else dx + extra), (dw if need_w else None)
+    dx, dw = _rms_norm_backward_op(gy, x, rstd, weight, extra, ctx.d, need_w)
+    return dx, (dw if need_w else None)
+
+
+def _rms_backward(
+    ctx: Any, gy: Tensor, _grad_rstd: Tensor | None
+) -> tuple[Tensor, Tensor | None, None, None]:
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = _rms_grads(ctx, gy, x, weight, rstd, None)
+    return dx, dw, None, None
+
+
+_rms_norm_op.register_autograd(_rms_backward, setup_context=_rms_setup_context)
+
+
+def _add_rms_setup_context(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]
+) -> None:
+    _, _, weight, d, eps = inputs
+    ctx.save_for_backward(output[1], weight, output[2])
+    ctx.d, ctx.eps = d, eps
+
+
+def _add_rms_backward(
+    ctx: Any, gy: Tensor, gh: Tensor, _grad_rstd: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, None, None]:
+    h, weight, rstd = ctx.saved_tensors
+    dh, dw = _rms_grads(ctx, gy, h, weight, rstd, gh)
+    return dh, dh, dw, None, None
+
+
+_add_rms_norm_op.register_autograd(_add_rms_backward, setup_context=_add_rms_setup_context)
 
 
 def rms_norm(
@@ -231,18 +434,25 @@ def rms_norm(
     """
     shape = as_shape(normalized_shape)
     check_trailing_shape(input, shape, "rms_norm")
-    eps = default_rms_eps(input.dtype) if eps is None else check_eps(eps)
-    return _RMSNormFunction.apply(input, weight, math.prod(shape), eps)
+    if eps is not None:
+        check_eps(eps)
+    if use_fast_path(input, weight):
+        d = math.prod(shape)
+        eps_value = default_rms_eps(input.dtype) if eps is None else eps
+        return _rms_norm_op(input, weight, d, eps_value)[0]
+    return F.rms_norm(input, shape, weight, eps)
 
 
-class RMSNorm(nn.Module):
-    r"""RMS normalization, drop-in for ``torch.nn.RMSNorm`` (same arguments and state_dict).
+class RMSNorm(nn.RMSNorm):
+    r"""RMS normalization: a ``torch.nn.RMSNorm`` (subclass) with a faster CPU path.
 
     .. math::
         y = \frac{x}{\sqrt{\frac{1}{D}\sum_{j=1}^{D} x_j^2 + \epsilon}} \odot \gamma
 
     over the last ``len(normalized_shape)`` dims (:math:`D` values), identical in training and
-    eval; our own forward and backward (saves only the input and one ``rstd`` per row).
+    eval. Parameters, ``state_dict``, ``extra_repr`` are torch's. The forward is :func:`rms_norm`:
+    our kernel (registered as the custom op ``traintech::rms_norm``) for plain dense CPU tensors,
+    torch's ``F.rms_norm`` everywhere else (CUDA, transforms, tracing; see :func:`use_fast_path`).
     Paper: https://arxiv.org/abs/1910.07467.
 
     Args:
@@ -257,8 +467,6 @@ class RMSNorm(nn.Module):
         [[0.8485..., 1.1313...]]
     """
 
-    normalized_shape: tuple[int, ...]
-
     def __init__(
         self,
         normalized_shape: int | Sequence[int],
@@ -270,31 +478,8 @@ class RMSNorm(nn.Module):
         shape = as_shape(normalized_shape)
         if eps is not None:
             check_eps(eps)
-        super().__init__()
-        self.normalized_shape = shape
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.weight: nn.Parameter | None
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Weight to 1."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
+        super().__init__(shape, eps, elementwise_affine, device, dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalize ``input`` by its root mean square over the trailing dims."""
-        check_trailing_shape(input, self.normalized_shape, "RMSNorm")
-        eps = default_rms_eps(input.dtype) if self.eps is None else self.eps
-        return _RMSNormFunction.apply(input, self.weight, math.prod(self.normalized_shape), eps)
-
-    def extra_repr(self) -> str:
-        """Same text as torch's."""
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}"
-        )
+        return rms_norm(input, self.normalized_shape, self.weight, self.eps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,13 +47,14 @@ def check_momentum(momentum: float | None, *, allow_none: bool = True) -> float 
     return float(momentum)
 
 
-def check_positive_int(value: int, name: str) -> int:
-    """Return ``value`` after checking it is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return value
+def is_symbolic(input: Any) -> bool:
+    """Whether ``input`` is a ``torch.fx.Proxy`` (``torch.fx.symbolic_trace``: no concrete shape).
+
+    Shape checks are skipped for a Proxy (the traced graph calls torch's op, which checks at run
+    time); under ``torch.compile``/``torch.export`` inputs are fake tensors with shapes, so the
+    checks run and become guards.
+    """
+    return isinstance(input, torch.fx.Proxy)
 
 
 def as_shape(normalized_shape: int | Sequence[int], name: str = "normalized_shape") -> tuple:
@@ -65,6 +67,8 @@ def as_shape(normalized_shape: int | Sequence[int], name: str = "normalized_shap
 
 def check_trailing_shape(input: Tensor, normalized_shape: tuple, name: str) -> None:
     """Raise ValueError unless ``input``'s last dims equal ``normalized_shape``."""
+    if is_symbolic(input):
+        return
     k = len(normalized_shape)
     if input.dim() < k or tuple(input.shape[input.dim() - k :]) != normalized_shape:
         raise ValueError(
@@ -74,7 +78,9 @@ def check_trailing_shape(input: Tensor, normalized_shape: tuple, name: str) -> N
 
 
 def check_channels(input: Tensor, num_features: int, name: str, arg: str = "num_features") -> None:
-    """Raise ValueError unless ``input.shape[1] == num_features``."""
+    """Raise ValueError unless ``input.shape[1] == num_features`` (skipped for an FX Proxy)."""
+    if is_symbolic(input):
+        return
     if input.dim() < 2 or input.shape[1] != num_features:
         raise ValueError(
             f"{name}: expected input's size at dim=1 to match {arg} ({num_features}), "

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from traintech.norm._batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from traintech.norm._stats import is_symbolic
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "sync_batch_norm"]
 
@@ -91,13 +92,13 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
         x: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
         eps: float,
         group: Any,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
+        """``(y, mean, unbiased_var)`` then the intermediates the backward needs."""
         local_count, local_mean, xc = _local_stats(x)
         count, mean, m2 = _gather_stats(x, local_count, local_mean, xc, group)
         cdt = xc.dtype
@@ -108,17 +109,34 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         shift = -delta * scale if bias is None else bias.to(cdt) - delta * scale
         y = torch.addcmul(shift.view(shape), xc, scale.view(shape))
         unbiased = m2 / (count - 1).clamp_min(1)
-        extra = [] if weight is None else [weight]
-        ctx.save_for_backward(xc, delta, invstd.to(cdt), count, *extra)
-        ctx.group = group  # type: ignore[attr-defined]
-        ctx.mark_non_differentiable(mean, unbiased)
-        return y.to(x.dtype), mean, unbiased
+        return y.to(x.dtype), mean, unbiased, xc, delta, invstd.to(cdt), count
 
     @staticmethod
-    @once_differentiable
+    def setup_context(
+        ctx: FunctionCtx, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
+    ) -> None:
+        """Save the centered input and the statistics (outputs 3-6) and the weight."""
+        weight, group = inputs[1], inputs[4]
+        _, mean, unbiased, xc, delta, invstd, count = output
+        extra = [] if weight is None else [weight]
+        ctx.save_for_backward(xc, delta, invstd, count, *extra)
+        ctx.group = group  # type: ignore[attr-defined]
+        ctx.mark_non_differentiable(mean, unbiased, xc, delta, invstd, count)
+
+    @staticmethod
     def backward(
-        ctx: FunctionCtx, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor
+        ctx: FunctionCtx, grad_y: Tensor, *_grad_stats: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        """Input, weight and bias gradients; refuses ``create_graph=True`` (see below)."""
+        if torch.is_grad_enabled():
+            # The backward all-reduces with torch.distributed, which autograd does not
+            # differentiate: a second derivative would miss the other ranks' terms.
+            raise RuntimeError(
+                "SyncBatchNorm across processes does not support double backward "
+                "(create_graph=True / gradient penalties): its backward all-reduces per-channel "
+                "sums, which autograd cannot differentiate. Compute the penalty without "
+                "create_graph, or use BatchNorm (one process, or per-rank statistics)."
+            )
         import torch.distributed as dist
 
         xc, delta, invstd, count, *extra = ctx.saved_tensors  # type: ignore[attr-defined]
@@ -210,7 +228,7 @@ def sync_batch_norm(
     """
     if not training or _world_size(process_group) == 1:
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    y, mean, unbiased = _SyncBatchNormFunction.apply(input, weight, bias, eps, process_group)
+    y, mean, unbiased, *_ = _SyncBatchNormFunction.apply(input, weight, bias, eps, process_group)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype) * momentum)
@@ -223,7 +241,11 @@ class SyncBatchNorm(_BatchNorm):
 
     A drop-in for :class:`torch.nn.SyncBatchNorm` (same constructor arguments, ``state_dict`` keys
     and ``extra_repr``) that also runs on CPU tensors with the gloo backend, where torch's
-    raises "SyncBatchNorm expected input tensor to be on GPU". In training mode every rank
+    raises "SyncBatchNorm expected input tensor to be on GPU". It derives from torch's BatchNorm
+    base class (``isinstance(m, torch.nn.modules.batchnorm._BatchNorm)`` holds), deliberately not
+    from ``torch.nn.SyncBatchNorm``: ``DistributedDataParallel`` refuses every
+    ``nn.SyncBatchNorm`` instance in a CPU model, which would rule out gloo/CPU training with it.
+    In training mode every rank
     normalizes with the statistics of the concatenated batch of all ranks of ``process_group``,
     computed as in :func:`sync_batch_norm`:
 
@@ -278,7 +300,9 @@ class SyncBatchNorm(_BatchNorm):
         )
         self.process_group = process_group
 
-    def _check_input(self, input: Tensor) -> None:
+    def _check_input_dim(self, input: Tensor) -> None:
+        if is_symbolic(input):
+            return
         if input.dim() < 2:
             raise ValueError(
                 f"input must have at least 2 dimensions (N, C, *), got shape {list(input.shape)}"
@@ -291,7 +315,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalize ``input`` of shape ``(N, C, *)``."""
-        self._check_input(input)
+        self._check_input_dim(input)
         factor = self._blend_factor()
         use_batch_stats = self._use_batch_stats()
         track = not self.training or self.track_running_stats
@@ -376,8 +400,8 @@ def _convert_one(bn: nn.Module, process_group: Any) -> SyncBatchNorm:
     )
     if new.affine:
         with torch.no_grad():
-            new.weight = weight
-            new.bias = bias
+            new.weight = weight  # type: ignore[assignment]
+            new.bias = bias  # type: ignore[assignment]
     if new.track_running_stats:
         new.running_mean = bn.running_mean  # type: ignore[assignment]
         new.running_var = bn.running_var  # type: ignore[assignment]
