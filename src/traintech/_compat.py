@@ -116,3 +116,15 @@ def scaler_scale(scaler: torch.amp.GradScaler) -> Tensor:
         # First use of a lazily initialised scaler: scale() has not run yet.
         return torch.tensor(scaler.get_scale(), dtype=torch.float32)
     return scale.reshape(())
+
+
+def scaler_unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` already ran in this iteration.
+
+    ``GradScaler.unscale_`` raises when called twice between ``update()``s; frameworks (Lightning's
+    ``MixedPrecision``) unscale for some optimizers and not others, so an adapter asks first.
+    """
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states.get(id(optimizer))
+    return state is not None and state["stage"] is not OptState.READY

@@ -12,6 +12,13 @@ from traintech._compat import record_scaler_found_inf, scaler_scale
 from traintech._distributed import all_ranks_any
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._unwrap import (
+    accelerate_sync,
+    mark_step_skipped,
+    outer_wrapper,
+    unwrap_optimizer,
+    wrapper_scaler,
+)
 from traintech.clip._validate import check_nonneg, check_positive_int
 
 
@@ -31,6 +38,9 @@ class StepReport:
             non-finite (the clipper is then not consulted; on the fused path a stateless
             clipper is consulted with a zero norm instead, to avoid a host sync).
         fused: True when the coefficient was folded into a fused optimizer's step.
+        synced: False on a non-sync micro-step of an ``accelerator.accumulate`` window: nothing
+            was measured or stepped (``norm`` 0, ``coef`` 1, ``skipped`` False) and no counter
+            moved.
     """
 
     norm: Tensor
@@ -38,6 +48,7 @@ class StepReport:
     skipped: Tensor
     clip: ClipResult | None
     fused: bool
+    synced: bool = True
 
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
@@ -73,8 +84,16 @@ class GuardedStep:
     optimizer step; the norm and the clip see the accumulated gradient. Zero the gradients
     yourself afterwards, as usual.
 
+    **Wrapped optimizers**: ``optimizer`` may be a wrapper a framework hands out
+    (``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``, anything exposing the real
+    one as ``.optimizer``/``._optimizer``); the real ``torch.optim.Optimizer`` is stepped (so its
+    hooks run and the fused fold engages). Under accelerate: the wrapper's fp16 ``scaler`` is
+    used when ``scaler`` is None; a call on a non-sync micro-step of ``accelerator.accumulate``
+    returns a no-op report (``synced=False``) so the clipper sees one norm per optimizer step;
+    a skipped step sets ``step_was_skipped`` so accelerate's scheduler holds the learning rate.
+
     Args:
-        optimizer: the torch optimizer to step.
+        optimizer: the torch optimizer to step, or a wrapper of it (see above).
         clipper: a :class:`Clipper` (e.g. ``NormClip(1.0)``), or None for no clipping (the norm
             is still measured, with the 2-norm, to detect non-finite gradients).
         scaler: a ``torch.amp.GradScaler`` when training with fp16 autocast; this object then
@@ -112,10 +131,8 @@ class GuardedStep:
         max_consecutive_skips: int | None = None,
         fold: bool | None = None,
     ) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
+        wrapper = outer_wrapper(optimizer)
+        optimizer = unwrap_optimizer(optimizer)
         if clipper is not None and not isinstance(clipper, Clipper):
             raise TypeError(
                 f"clipper must be a traintech.clip.Clipper (e.g. NormClip(1.0)) or None, got "
@@ -125,6 +142,8 @@ class GuardedStep:
             raise TypeError(
                 f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
             )
+        if scaler is None and wrapper is not None:
+            scaler = wrapper_scaler(wrapper)
         can_fold = _is_fused(optimizer) and (clipper is None or clipper.scales_uniformly())
         if fold and not can_fold:
             raise ValueError(
@@ -133,6 +152,7 @@ class GuardedStep:
                 f"{type(clipper).__name__} (use fold=None to fold only when possible)"
             )
         self.optimizer = optimizer
+        self.wrapper = wrapper
         self.clipper = clipper
         if clipper is not None and getattr(clipper, "needs_parameters", False):
             if not getattr(clipper, "is_bound", True):  # e.g. AGC(): read the optimizer's weights
@@ -186,6 +206,10 @@ class GuardedStep:
             ValueError: if no parameter of the optimizer has a gradient.
             TooManySkippedStepsError: after ``max_consecutive_skips`` skipped steps in a row.
         """
+        if self.wrapper is not None and not accelerate_sync(self.wrapper):
+            zero = torch.zeros(())
+            return StepReport(zero, torch.ones(()), torch.zeros((), dtype=torch.bool), None,
+                              fused=False, synced=False)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
@@ -195,6 +219,8 @@ class GuardedStep:
             )
         use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
+        if self.wrapper is not None:
+            mark_step_skipped(self.wrapper, report.skipped)
         self._count(report)
         return report
 
