@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +25,14 @@ def record_metrics(record: dict[str, Any], prefix: str = "monitor/") -> dict[str
     out: dict[str, float] = {}
     for key in ("loss", "grad_norm", "loss_z", "grad_z"):
         value = record.get(key)
-        if value is not None:
+        if value is not None and math.isfinite(value):
             out[prefix + key] = float(value)
     clip = record.get("clip")
     if clip is not None:
         for key in ("norm", "coef", "threshold"):
-            if clip.get(key) is not None:
-                out[f"{prefix}clip/{key}"] = float(clip[key])
+            value = clip.get(key)
+            if value is not None and math.isfinite(value):
+                out[f"{prefix}clip/{key}"] = float(value)
         out[f"{prefix}clip/skip"] = float(bool(clip.get("skip")))
     out[prefix + "events"] = float(len(record.get("events", [])))
     return out
