@@ -9,7 +9,7 @@ from traintech.clip import GuardedStep, NormClip, ZClip
 from traintech.integrations import accelerate_sink
 from traintech.monitor import Monitor
 
-from .conftest import assert_all_finite, assert_same_params, params_of, tiny_gpt2, token_batches
+from ._tiny import assert_all_finite, assert_same_params, params_of, tiny_gpt2, token_batches
 
 accelerate = pytest.importorskip("accelerate")
 from accelerate.state import AcceleratorState, GradientState  # noqa: E402

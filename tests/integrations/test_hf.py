@@ -7,7 +7,7 @@ import torch
 
 from traintech.clip import GuardedOptimizer, NormClip, ZClip
 
-from .conftest import assert_all_finite, assert_same_params, params_of, tiny_gpt2, token_batches
+from ._tiny import assert_all_finite, assert_same_params, params_of, tiny_gpt2, token_batches
 
 transformers = pytest.importorskip("transformers")
 from traintech.integrations.hf import STATE_FILE, TraintechCallback  # noqa: E402

@@ -7,7 +7,7 @@ import torch
 
 from traintech.clip import NormClip, ZClip
 
-from .conftest import assert_all_finite, assert_same_params, params_of, tiny_gpt2, token_batches
+from ._tiny import assert_all_finite, assert_same_params, params_of, tiny_gpt2, token_batches
 
 L = pytest.importorskip("lightning.pytorch")
 from traintech.integrations.lightning import TraintechCallback  # noqa: E402

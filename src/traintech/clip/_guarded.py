@@ -167,7 +167,8 @@ class GuardedStep:
             else check_positive_int("max_consecutive_skips", max_consecutive_skips)
         )
         self.fold = can_fold if fold is None else fold
-        self._calls = 0
+        # Tensors, not Python ints: a compiled step would specialise (recompile) on an int's value.
+        self._calls: Tensor = torch.zeros((), dtype=torch.int64)
         self._skipped: Tensor = torch.zeros((), dtype=torch.int64)
         self._consecutive: Tensor = torch.zeros((), dtype=torch.int64)
         self._last_finite: Tensor = torch.full((), -1, dtype=torch.int64)
@@ -176,7 +177,7 @@ class GuardedStep:
     @property
     def steps_taken(self) -> int:
         """Optimizer updates applied so far."""
-        return self._calls - int(self._skipped)
+        return int(self._calls - self._skipped)
 
     @property
     def steps_skipped(self) -> int:
@@ -263,18 +264,39 @@ class GuardedStep:
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         norm = self._agreed(self._measure(grads))
-        finite = bool(torch.isfinite(norm))
-        skip = not finite or (self.max_norm_skip is not None and float(norm) > self.max_norm_skip)
+        clipper = self.clipper
+        finite_t = torch.isfinite(norm)
+        # Judge before the one host read where that is safe: a stateless rule judges a zero
+        # norm in place of a NaN, and an adaptive one leaves its state as it was on a NaN
+        # (``decides_nonfinite``). Only another stateful clipper needs a second read first.
+        early = clipper is not None and (
+            not clipper.stateful or getattr(clipper, "decides_nonfinite", False)
+        )
         result: ClipResult | None = None
-        coef = torch.ones((), dtype=norm.dtype, device=norm.device)
-        if finite and self.clipper is not None:
-            result = self.clipper.decide(norm)
-            coef = result.coef
+        if early:
+            assert clipper is not None
+            safe = norm if clipper.stateful else torch.where(finite_t, norm, torch.zeros_like(norm))
+            result = clipper.decide(safe)
+        bad = ~finite_t
+        if self.max_norm_skip is not None:
+            bad = bad | (norm > self.max_norm_skip)
+        if result is not None:
+            bad = bad | result.skip.to(norm.device)
+        # The one host read (a single graph break under torch.compile).
+        finite, skip = (bool(x) for x in torch.stack([finite_t, bad]).tolist())
+        if not early and finite and clipper is not None:
+            result = clipper.decide(norm)
             skip = skip or bool(result.skip)
+        if not finite:
+            result = None  # the clipper's verdict on a NaN is not reported
+        coef = torch.ones((), dtype=norm.dtype, device=norm.device)
+        if result is not None:
+            coef = result.coef
             if not skip:
-                self.clipper.apply(grads, result)
-                applied = getattr(self.clipper, "last_result", None)
-                if getattr(self.clipper, "needs_parameters", False) and applied is not None:
+                assert clipper is not None
+                clipper.apply(grads, result)
+                applied = getattr(clipper, "last_result", None)
+                if getattr(clipper, "needs_parameters", False) and applied is not None:
                     result, coef = applied, applied.coef  # unit-wise rules report after apply
         if not skip:
             if scaler is not None:
@@ -326,12 +348,13 @@ class GuardedStep:
             self._skipped = self._skipped.to(device)
             self._consecutive = self._consecutive.to(device)
             self._last_finite = self._last_finite.to(device)
+            self._calls = self._calls.to(device)
         skip = report.skipped.to(torch.int64)
         self._skipped = self._skipped + skip
         self._consecutive = (self._consecutive + 1) * skip
         finite = torch.isfinite(report.norm)
         self._last_finite = torch.where(finite, self._calls, self._last_finite)
-        self._calls += 1
+        self._calls = self._calls + 1
         limit = self.max_consecutive_skips
         if limit is not None and int(self._consecutive) >= limit:
             raise TooManySkippedStepsError(
@@ -345,7 +368,7 @@ class GuardedStep:
         """Counters, settings and the clipper's state (save optimizer and scaler separately)."""
         return {
             "_version": self._version,
-            "calls": self._calls,
+            "calls": int(self._calls),
             "skipped": int(self._skipped),
             "consecutive": int(self._consecutive),
             "last_finite": int(self._last_finite),
@@ -373,7 +396,7 @@ class GuardedStep:
         if self.clipper is not None:
             self.clipper.load_state_dict(state_dict["clipper"])
         device = self._skipped.device
-        self._calls = int(state_dict["calls"])
+        self._calls = torch.tensor(int(state_dict["calls"]), device=device)
         self._skipped = torch.tensor(int(state_dict["skipped"]), device=device)
         self._consecutive = torch.tensor(int(state_dict["consecutive"]), device=device)
         self._last_finite = torch.tensor(int(state_dict["last_finite"]), device=device)

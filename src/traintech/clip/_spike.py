@@ -103,6 +103,10 @@ class AdaptiveClipper(Clipper):
     :meth:`decide`.
     """
 
+    #: :meth:`decide` accepts a non-finite norm and leaves the statistics as they were, so the
+    #: guarded step may judge before its one host read (no second sync, one graph break).
+    decides_nonfinite: bool = True
+
     def __init__(self, skip_factor: float | None) -> None:  # noqa: D107
         self.skip_factor = check_skip_factor(skip_factor)
         self._state: dict[str, Tensor] = {}
