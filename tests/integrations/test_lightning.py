@@ -97,6 +97,20 @@ def test_bf16_autocast_trains_and_clips():
     assert_all_finite(module)
 
 
+def test_fp16_fused_optimizer_is_unscaled_before_clipping():
+    """Lightning does not unscale for fused optimizers; the callback must, or norms are x2**16."""
+    torch.manual_seed(0)
+    module = _LM(fused=True)
+    callback = TraintechCallback(NormClip(1e9))
+    trainer = _trainer(callback, precision="16-mixed")
+    trainer.fit(module, _loader(2))
+    norm = callback.guard.last_report.norm.item()
+    assert trainer.precision_plugin.scaler.get_scale() >= 2.0**15
+    assert callback.steps_applied == 2
+    assert 0.1 < norm < 100.0  # the scaled norm would be about 65536 times larger
+    assert_all_finite(module)
+
+
 def test_gradient_clip_val_is_refused():
     callback = TraintechCallback(NormClip(1.0))
     with pytest.raises(ValueError, match="gradient_clip_val=1.0"):

@@ -273,8 +273,7 @@ class GuardedStep:
             not clipper.stateful or getattr(clipper, "decides_nonfinite", False)
         )
         result: ClipResult | None = None
-        if early:
-            assert clipper is not None
+        if early and clipper is not None:
             safe = norm if clipper.stateful else torch.where(finite_t, norm, torch.zeros_like(norm))
             result = clipper.decide(safe)
         bad = ~finite_t
@@ -290,10 +289,9 @@ class GuardedStep:
         if not finite:
             result = None  # the clipper's verdict on a NaN is not reported
         coef = torch.ones((), dtype=norm.dtype, device=norm.device)
-        if result is not None:
+        if result is not None and clipper is not None:
             coef = result.coef
             if not skip:
-                assert clipper is not None
                 clipper.apply(grads, result)
                 applied = getattr(clipper, "last_result", None)
                 if getattr(clipper, "needs_parameters", False) and applied is not None:

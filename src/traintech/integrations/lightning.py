@@ -18,6 +18,7 @@ from traintech.clip._unwrap import unwrap_optimizer
 from traintech.integrations._core import IMPORT_HINT, GradientGuard
 from traintech.integrations._sinks import lightning_sink
 from traintech.monitor._monitor import Monitor
+from traintech.monitor._sink import record_metrics
 
 try:
     from lightning.pytorch import Callback
@@ -140,21 +141,14 @@ class TraintechCallback(Callback):
         clip = self.guard.clip_result()
         self.monitor.step(loss=loss if isinstance(loss, torch.Tensor) else None, clip=clip)
         if self.log and self.monitor.history:
-            metrics = {k: v for k, v in self._monitor_metrics().items()}
+            metrics = record_metrics(self.monitor.history[-1])
             if metrics:
                 pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
-    def _monitor_metrics(self) -> dict[str, float]:
-        from traintech.monitor._sink import record_metrics
-
-        assert self.monitor is not None
-        return record_metrics(self.monitor.history[-1])
-
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        """Close the Monitor's files (hooks stay until the callback is discarded)."""
-        if self.monitor is not None and self.monitor._log is not None:
-            self.monitor._log.close()
-            self.monitor._log = None
+        """Close the Monitor (its hooks and files); its history and state stay readable."""
+        if self.monitor is not None:
+            self.monitor.close()
 
     def state_dict(self) -> dict[str, Any]:
         """Counts, guard and clipper state, and the Monitor's state (Lightning checkpoints it)."""
