@@ -102,7 +102,8 @@ def test_fp16_fused_optimizer_is_unscaled_before_clipping():
     torch.manual_seed(0)
     module = _LM(fused=True)
     callback = TraintechCallback(NormClip(1e9))
-    trainer = _trainer(callback, precision="16-mixed")
+    plugin = L.plugins.MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = _trainer(callback, plugins=[plugin])
     trainer.fit(module, _loader(2))
     norm = callback.guard.last_report.norm.item()
     assert trainer.precision_plugin.scaler.get_scale() >= 2.0**15
