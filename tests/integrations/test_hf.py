@@ -118,3 +118,21 @@ def test_guarded_optimizer_route(tmp_path):
     assert (opt.steps_taken, opt.steps_skipped) == (3, 1)
     saved = torch.load(tmp_path / "checkpoint-4" / "optimizer.pt", weights_only=False)
     assert saved["traintech_guard"]["skipped"] == 1
+
+
+def test_guarded_optimizer_through_create_optimizer(tmp_path):
+    class GuardedTrainer(transformers.Trainer):
+        def create_optimizer(self, model=None):
+            self.optimizer = GuardedOptimizer(super().create_optimizer(model), NormClip(1.0))
+            return self.optimizer
+
+    model = tiny_gpt2()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, max_grad_norm=0.0,
+        save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = GuardedTrainer(model=model, args=args, train_dataset=_data(3), callbacks=[_NaNAt(1)])
+    trainer.train()
+    guarded = trainer.optimizer.optimizer  # inside accelerate's AcceleratedOptimizer
+    assert isinstance(guarded, GuardedOptimizer)
+    assert (guarded.steps_taken, guarded.steps_skipped) == (2, 1)
+    assert_all_finite(model)
