@@ -124,7 +124,7 @@ class GuardedStep:
 
     def __init__(
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | Any,
         clipper: Clipper | None = None,
         scaler: torch.amp.GradScaler | None = None,
         max_norm_skip: float | None = None,

@@ -48,7 +48,10 @@ class GuardedOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, clipper: Clipper | None = None, **guard_kwargs: Any
+        self,
+        optimizer: torch.optim.Optimizer | Any,
+        clipper: Clipper | None = None,
+        **guard_kwargs: Any,
     ) -> None:
         inner = unwrap_optimizer(optimizer)
         self.guard = GuardedStep(optimizer, clipper, **guard_kwargs)
