@@ -102,6 +102,17 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     assert state["monitor"]["history"] == expected_state["monitor"]["history"]
 
 
+def test_resume_without_saved_state_warns(tmp_path):
+    _trainer(tmp_path / "a", tiny_gpt2(), [TraintechCallback(NormClip(1.0))], steps=2,
+             save_strategy="steps", save_steps=2).train()
+    (tmp_path / "a" / "checkpoint-2" / STATE_FILE).unlink()
+    callback = TraintechCallback(NormClip(1.0))
+    trainer = _trainer(tmp_path / "a", tiny_gpt2(), [callback], steps=3)
+    with pytest.warns(UserWarning, match="resumed at step 2 but no traintech.pt was found"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert callback.steps_applied == 1
+
+
 def test_max_grad_norm_is_refused(tmp_path):
     with pytest.raises(ValueError, match="max_grad_norm=1.0"):
         _trainer(tmp_path, tiny_gpt2(), [TraintechCallback(NormClip(1.0))], steps=1,

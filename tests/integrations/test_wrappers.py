@@ -143,6 +143,9 @@ def test_gradient_guard_drops_gradients_and_counts():
     fresh.load_state_dict(state)
     assert (fresh.steps_applied, fresh.steps_skipped) == (3, 1)
     assert fresh.state_dict()["guard"] == state["guard"]
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="built for another optimizer; got a second one \\(SGD\\)"):
+        guard.before_step(other)
     with pytest.raises(TypeError, match="skip must be a bool"):
         GradientGuard(None, skip="yes")
     with pytest.raises(TypeError, match="clipper must be a traintech.clip.Clipper"):

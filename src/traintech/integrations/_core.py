@@ -98,13 +98,20 @@ class GradientGuard:
         self.skip = skip
         self._guard_kwargs = guard_kwargs
         self.guard: GuardedStep | None = None
+        self._optimizer_id: int | None = None
         self._pending: dict[str, Any] | None = None
         self.steps_applied = 0
         self.steps_skipped = 0
         self.last_report: StepReport | None = None
 
     def _guard_for(self, optimizer: torch.optim.Optimizer) -> GuardedStep:
+        if self._optimizer_id is not None and self._optimizer_id != id(optimizer):
+            raise ValueError(
+                f"this GradientGuard was built for another optimizer; got a second one "
+                f"({type(optimizer).__name__}): use one guard (one callback) per optimizer"
+            )
         if self.guard is None:
+            self._optimizer_id = id(optimizer)
             params = [p for g in optimizer.param_groups for p in g["params"]]
             self.guard = GuardedStep(_HeldStep(params), self.clipper, **self._guard_kwargs)
             if self._pending is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +133,28 @@ class TraintechCallback(TrainerCallback):
                 sink=self._pending_logs,
             )
         if state.global_step > 0:
-            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
-            if os.path.isfile(path):
-                self.load_state_dict(torch.load(path, weights_only=False))
+            self._resume(args, state.global_step)
         if self._hook is None:
             self._hook = model.register_forward_hook(self._read_loss)
+
+    def _resume(self, args: Any, step: int) -> None:
+        """Load ``traintech.pt`` of the checkpoint the Trainer resumed from, or warn."""
+        folders = [os.path.join(args.output_dir, f"checkpoint-{step}")]
+        explicit = getattr(args, "resume_from_checkpoint", None)
+        if isinstance(explicit, str):
+            folders.insert(0, explicit)
+        for folder in folders:
+            path = os.path.join(folder, STATE_FILE)
+            if os.path.isfile(path):
+                self.load_state_dict(torch.load(path, weights_only=False))
+                return
+        warnings.warn(
+            f"the Trainer resumed at step {step} but no {STATE_FILE} was found in "
+            f"{' or '.join(folders)}: the clipper's statistics, the skip counts and the Monitor "
+            "start afresh. Resume with output_dir set to the run's folder (or "
+            "TrainingArguments(resume_from_checkpoint=...)) to continue them.",
+            stacklevel=2,
+        )
 
     def _read_loss(self, module: Any, inputs: Any, output: Any) -> None:
         loss = _loss_of(output)
