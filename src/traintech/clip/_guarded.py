@@ -84,6 +84,11 @@ class GuardedStep:
     optimizer step; the norm and the clip see the accumulated gradient. Zero the gradients
     yourself afterwards, as usual.
 
+    **Host reads**: the plain path reads the device once per step (``[finite, skip]`` together;
+    an adaptive or stateless clipper is judged before that read), so ``torch.compile`` of
+    :meth:`step` breaks the graph once in traintech's code and, the counters being tensors,
+    does not recompile from step to step.
+
     **Wrapped optimizers**: ``optimizer`` may be a wrapper a framework hands out
     (``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``, anything exposing the real
     one as ``.optimizer``/``._optimizer``); the real ``torch.optim.Optimizer`` is stepped (so its
