@@ -246,3 +246,15 @@ def register_quantization_fuser(op_types: tuple[type, ...], method: Any) -> None
     from torch.ao.quantization import fuser_method_mappings
 
     fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD.setdefault(op_types, method)
+
+
+def scaler_unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` already ran in this iteration.
+
+    ``GradScaler.unscale_`` raises when called twice between ``update()``s; frameworks (Lightning's
+    ``MixedPrecision``) unscale for some optimizers and not others, so an adapter asks first.
+    """
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states.get(id(optimizer))
+    return state is not None and state["stage"] is not OptState.READY

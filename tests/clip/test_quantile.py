@@ -102,22 +102,3 @@ def test_replace_sorted_removes_one_and_inserts_one(values, pick, new, pad):
     positions = torch.arange(len(ordered))
     got = replace_sorted(ordered, positions, old, torch.tensor(new, dtype=torch.float64))
     assert got.tolist() == expected
-
-
-@pytest.mark.parametrize("quantile, window, skip", [(0.9, 50, None), (0.5, 7, 1.5), (0.0, 1, 1.0),
-                                                   (1.0, 4, None), (0.3, 200, 2.0)])
-def test_cpu_scalar_path_equals_tensor_path(quantile, window, skip):
-    norms = _sequence(150, seed=8)
-    norms[10:14] = [norms[9]] * 4  # duplicates in the window
-    for i in (0, 5, 90):
-        norms.insert(i, [math.nan, math.inf, -math.inf][i % 3])
-    host = QuantileClip(quantile=quantile, window=window, skip_factor=skip)
-    device = QuantileClip(quantile=quantile, window=window, skip_factor=skip)
-    device._host_math = False
-    outs = []
-    for clipper in (host, device):
-        results = [clipper.decide(torch.tensor(x, dtype=torch.float64)) for x in norms]
-        outs.append(str([(r.coef.item(), r.threshold.item(), bool(r.skip)) for r in results]))
-    assert outs[0] == outs[1]
-    for key in ("history", "sorted", "count"):
-        assert torch.equal(host.state_dict()[key], device.state_dict()[key])

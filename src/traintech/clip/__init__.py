@@ -4,6 +4,7 @@ from traintech.clip._agc import AGC
 from traintech.clip._ema import EMAClip
 from traintech.clip._functional import clip_grad_norm_, clip_grad_value_, grad_norm
 from traintech.clip._guarded import GuardedStep, StepReport, TooManySkippedStepsError
+from traintech.clip._guarded_optimizer import GuardedOptimizer
 from traintech.clip._norm_clip import NormClip
 from traintech.clip._per_layer import clip_grad_norm_per_layer_
 from traintech.clip._protocol import Clipper, ClipResult
@@ -16,6 +17,7 @@ __all__ = [
     "ClipResult",
     "Clipper",
     "EMAClip",
+    "GuardedOptimizer",
     "GuardedStep",
     "NormClip",
     "QuantileClip",

@@ -34,7 +34,12 @@ def _reduce_dtype(x: Tensor) -> torch.dtype | None:
 
 
 def _untouched(coef: Tensor) -> bool:
-    """On CPU (where reading a value is free), whether every coefficient is exactly 1."""
+    """On CPU (where reading a value is free), whether every coefficient is exactly 1.
+
+    Always False under ``torch.compile``: the read would break the graph once per tensor.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return coef.device.type == "cpu" and bool((coef == 1).all())
 
 
@@ -283,8 +288,10 @@ class AGC(Clipper):
             TypeError: without bound parameters.
         """
         bound = self._require_bound("apply")
-        wanted = {id(g) for g in grads}
-        items = [(p, ex) for p, ex in bound if p.grad is not None and id(p.grad) in wanted]
+        items = [(p, ex) for p, ex in bound if p.grad is not None]
+        if len(items) != len(grads):  # a subset: match by identity (ids are not traced)
+            wanted = {id(g) for g in grads}
+            items = [(p, ex) for p, ex in items if id(p.grad) in wanted]
         self.last_result = self._clip(items)
 
     def _require_bound(self, method: str) -> list[tuple[Tensor, bool]]:

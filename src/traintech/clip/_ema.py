@@ -15,7 +15,6 @@ from traintech.clip._spike import (
     check_count,
     check_interval,
     check_positive,
-    ieee_div,
 )
 
 
@@ -107,8 +106,6 @@ class EMAClip(AdaptiveClipper):
         A non-finite ``norm`` changes nothing and gets ``coef`` 1 and ``skip`` True.
         """
         g = self._follow(norm)
-        if g.device.type == "cpu" and self._host_math:
-            return self._decide_on_host(norm, g.item())
         state = self._state
         finite = torch.isfinite(g)
         ready = state["count"] >= self.warmup_steps
@@ -121,21 +118,3 @@ class EMAClip(AdaptiveClipper):
         state["beta_pow"] = torch.where(finite, state["beta_pow"] * self.beta, state["beta_pow"])
         state["count"] = state["count"] + finite.to(torch.int64)
         return self._result(norm, coef, threshold, spike, threshold, finite)
-
-    def _decide_on_host(self, norm: Tensor, g: float) -> ClipResult:
-        """:meth:`decide` in Python floats, for CPU state: the same operations in the same order."""
-        state = self._state
-        finite = math.isfinite(g)
-        count = int(state["count"])
-        ready = count >= self.warmup_steps
-        threshold = math.inf
-        if ready:
-            threshold = self.factor * ieee_div(state["ema"].item(), 1.0 - state["beta_pow"].item())
-        spike = ready and finite and g > threshold
-        coef = min(ieee_div(threshold, g + NORM_EPS), 1.0) if finite else 1.0
-        if finite:
-            absorbed = min(g, threshold)
-            state["ema"].fill_(self.beta * state["ema"].item() + (1.0 - self.beta) * absorbed)
-            state["beta_pow"].fill_(state["beta_pow"].item() * self.beta)
-            state["count"].fill_(count + 1)
-        return self._host_result(norm, coef, threshold, spike, threshold, finite)

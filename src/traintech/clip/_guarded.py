@@ -12,6 +12,13 @@ from traintech._compat import record_scaler_found_inf, scaler_scale
 from traintech._distributed import all_ranks_any
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._unwrap import (
+    accelerate_sync,
+    mark_step_skipped,
+    outer_wrapper,
+    unwrap_optimizer,
+    wrapper_scaler,
+)
 from traintech.clip._validate import check_nonneg, check_positive_int
 
 
@@ -31,6 +38,9 @@ class StepReport:
             non-finite (the clipper is then not consulted; on the fused path a stateless
             clipper is consulted with a zero norm instead, to avoid a host sync).
         fused: True when the coefficient was folded into a fused optimizer's step.
+        synced: False on a non-sync micro-step of an ``accelerator.accumulate`` window: nothing
+            was measured or stepped (``norm`` 0, ``coef`` 1, ``skipped`` False) and no counter
+            moved.
     """
 
     norm: Tensor
@@ -38,6 +48,7 @@ class StepReport:
     skipped: Tensor
     clip: ClipResult | None
     fused: bool
+    synced: bool = True
 
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
@@ -73,8 +84,21 @@ class GuardedStep:
     optimizer step; the norm and the clip see the accumulated gradient. Zero the gradients
     yourself afterwards, as usual.
 
+    **Host reads**: the plain path reads the device once per step (``[finite, skip]`` together;
+    an adaptive or stateless clipper is judged before that read), so ``torch.compile`` of
+    :meth:`step` breaks the graph once in traintech's code and, the counters being tensors,
+    does not recompile from step to step.
+
+    **Wrapped optimizers**: ``optimizer`` may be a wrapper a framework hands out
+    (``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``, anything exposing the real
+    one as ``.optimizer``/``._optimizer``); the real ``torch.optim.Optimizer`` is stepped (so its
+    hooks run and the fused fold engages). Under accelerate: the wrapper's fp16 ``scaler`` is
+    used when ``scaler`` is None; a call on a non-sync micro-step of ``accelerator.accumulate``
+    returns a no-op report (``synced=False``) so the clipper sees one norm per optimizer step;
+    a skipped step sets ``step_was_skipped`` so accelerate's scheduler holds the learning rate.
+
     Args:
-        optimizer: the torch optimizer to step.
+        optimizer: the torch optimizer to step, or a wrapper of it (see above).
         clipper: a :class:`Clipper` (e.g. ``NormClip(1.0)``), or None for no clipping (the norm
             is still measured, with the 2-norm, to detect non-finite gradients).
         scaler: a ``torch.amp.GradScaler`` when training with fp16 autocast; this object then
@@ -105,17 +129,15 @@ class GuardedStep:
 
     def __init__(
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | Any,
         clipper: Clipper | None = None,
         scaler: torch.amp.GradScaler | None = None,
         max_norm_skip: float | None = None,
         max_consecutive_skips: int | None = None,
         fold: bool | None = None,
     ) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
+        wrapper = outer_wrapper(optimizer)
+        optimizer = unwrap_optimizer(optimizer)
         if clipper is not None and not isinstance(clipper, Clipper):
             raise TypeError(
                 f"clipper must be a traintech.clip.Clipper (e.g. NormClip(1.0)) or None, got "
@@ -125,6 +147,8 @@ class GuardedStep:
             raise TypeError(
                 f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
             )
+        if scaler is None and wrapper is not None:
+            scaler = wrapper_scaler(wrapper)
         can_fold = _is_fused(optimizer) and (clipper is None or clipper.scales_uniformly())
         if fold and not can_fold:
             raise ValueError(
@@ -133,6 +157,7 @@ class GuardedStep:
                 f"{type(clipper).__name__} (use fold=None to fold only when possible)"
             )
         self.optimizer = optimizer
+        self.wrapper = wrapper
         self.clipper = clipper
         if clipper is not None and getattr(clipper, "needs_parameters", False):
             if not getattr(clipper, "is_bound", True):  # e.g. AGC(): read the optimizer's weights
@@ -147,7 +172,8 @@ class GuardedStep:
             else check_positive_int("max_consecutive_skips", max_consecutive_skips)
         )
         self.fold = can_fold if fold is None else fold
-        self._calls = 0
+        # Tensors, not Python ints: a compiled step would specialise (recompile) on an int's value.
+        self._calls: Tensor = torch.zeros((), dtype=torch.int64)
         self._skipped: Tensor = torch.zeros((), dtype=torch.int64)
         self._consecutive: Tensor = torch.zeros((), dtype=torch.int64)
         self._last_finite: Tensor = torch.full((), -1, dtype=torch.int64)
@@ -156,7 +182,7 @@ class GuardedStep:
     @property
     def steps_taken(self) -> int:
         """Optimizer updates applied so far."""
-        return self._calls - int(self._skipped)
+        return int(self._calls - self._skipped)
 
     @property
     def steps_skipped(self) -> int:
@@ -186,6 +212,10 @@ class GuardedStep:
             ValueError: if no parameter of the optimizer has a gradient.
             TooManySkippedStepsError: after ``max_consecutive_skips`` skipped steps in a row.
         """
+        if self.wrapper is not None and not accelerate_sync(self.wrapper):
+            zero = torch.zeros(())
+            return StepReport(zero, torch.ones(()), torch.zeros((), dtype=torch.bool), None,
+                              fused=False, synced=False)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
@@ -195,6 +225,8 @@ class GuardedStep:
             )
         use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
+        if self.wrapper is not None:
+            mark_step_skipped(self.wrapper, report.skipped)
         self._count(report)
         return report
 
@@ -237,18 +269,37 @@ class GuardedStep:
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         norm = self._agreed(self._measure(grads))
-        finite = bool(torch.isfinite(norm))
-        skip = not finite or (self.max_norm_skip is not None and float(norm) > self.max_norm_skip)
+        clipper = self.clipper
+        finite_t = torch.isfinite(norm)
+        # Judge before the one host read where that is safe: a stateless rule judges a zero
+        # norm in place of a NaN, and an adaptive one leaves its state as it was on a NaN
+        # (``decides_nonfinite``). Only another stateful clipper needs a second read first.
+        early = clipper is not None and (
+            not clipper.stateful or getattr(clipper, "decides_nonfinite", False)
+        )
         result: ClipResult | None = None
-        coef = torch.ones((), dtype=norm.dtype, device=norm.device)
-        if finite and self.clipper is not None:
-            result = self.clipper.decide(norm)
-            coef = result.coef
+        if early and clipper is not None:
+            safe = norm if clipper.stateful else torch.where(finite_t, norm, torch.zeros_like(norm))
+            result = clipper.decide(safe)
+        bad = ~finite_t
+        if self.max_norm_skip is not None:
+            bad = bad | (norm > self.max_norm_skip)
+        if result is not None:
+            bad = bad | result.skip.to(norm.device)
+        # The one host read (a single graph break under torch.compile).
+        finite, skip = (bool(x) for x in torch.stack([finite_t, bad]).tolist())
+        if not early and finite and clipper is not None:
+            result = clipper.decide(norm)
             skip = skip or bool(result.skip)
+        if not finite:
+            result = None  # the clipper's verdict on a NaN is not reported
+        coef = torch.ones((), dtype=norm.dtype, device=norm.device)
+        if result is not None and clipper is not None:
+            coef = result.coef
             if not skip:
-                self.clipper.apply(grads, result)
-                applied = getattr(self.clipper, "last_result", None)
-                if getattr(self.clipper, "needs_parameters", False) and applied is not None:
+                clipper.apply(grads, result)
+                applied = getattr(clipper, "last_result", None)
+                if getattr(clipper, "needs_parameters", False) and applied is not None:
                     result, coef = applied, applied.coef  # unit-wise rules report after apply
         if not skip:
             if scaler is not None:
@@ -300,12 +351,13 @@ class GuardedStep:
             self._skipped = self._skipped.to(device)
             self._consecutive = self._consecutive.to(device)
             self._last_finite = self._last_finite.to(device)
+            self._calls = self._calls.to(device)
         skip = report.skipped.to(torch.int64)
         self._skipped = self._skipped + skip
         self._consecutive = (self._consecutive + 1) * skip
         finite = torch.isfinite(report.norm)
         self._last_finite = torch.where(finite, self._calls, self._last_finite)
-        self._calls += 1
+        self._calls = self._calls + 1
         limit = self.max_consecutive_skips
         if limit is not None and int(self._consecutive) >= limit:
             raise TooManySkippedStepsError(
@@ -319,7 +371,7 @@ class GuardedStep:
         """Counters, settings and the clipper's state (save optimizer and scaler separately)."""
         return {
             "_version": self._version,
-            "calls": self._calls,
+            "calls": int(self._calls),
             "skipped": int(self._skipped),
             "consecutive": int(self._consecutive),
             "last_finite": int(self._last_finite),
@@ -347,7 +399,7 @@ class GuardedStep:
         if self.clipper is not None:
             self.clipper.load_state_dict(state_dict["clipper"])
         device = self._skipped.device
-        self._calls = int(state_dict["calls"])
+        self._calls = torch.tensor(int(state_dict["calls"]), device=device)
         self._skipped = torch.tensor(int(state_dict["skipped"]), device=device)
         self._consecutive = torch.tensor(int(state_dict["consecutive"]), device=device)
         self._last_finite = torch.tensor(int(state_dict["last_finite"]), device=device)

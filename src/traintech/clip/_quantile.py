@@ -14,7 +14,6 @@ from traintech.clip._spike import (
     AdaptiveClipper,
     check_count,
     check_interval,
-    ieee_div,
 )
 
 
@@ -147,8 +146,6 @@ class QuantileClip(AdaptiveClipper):
         A non-finite ``norm`` changes nothing and gets ``coef`` 1 and ``skip`` True.
         """
         g = self._follow(norm)
-        if g.device.type == "cpu" and self._host_math:
-            return self._decide_on_host(norm, g.item())
         state = self._state
         if self._positions.device != g.device:
             self._positions = self._positions.to(g.device)
@@ -164,37 +161,3 @@ class QuantileClip(AdaptiveClipper):
         state["sorted"] = replace_sorted(ordered, self._positions, old, value)
         state["count"] = state["count"] + finite.to(torch.int64)
         return self._result(norm, coef, threshold, spike, threshold, finite)
-
-    def _decide_on_host(self, norm: Tensor, g: float) -> ClipResult:
-        """:meth:`decide` with Python scalars for CPU state: the same values, fewer tiny ops."""
-        state = self._state
-        ordered, ring = state["sorted"], state["history"]
-        finite = math.isfinite(g)
-        count = int(state["count"])
-        n = min(count, self.window)
-        threshold = math.inf
-        if n > 0:
-            virtual = float(n - 1) * self.quantile
-            lower = math.floor(virtual)
-            gamma = virtual - lower
-            if virtual >= n - 1:
-                threshold = ordered[n - 1].item()
-            else:
-                a, b = ordered[lower].item(), ordered[lower + 1].item()
-                diff = b - a
-                threshold = b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
-        spike = finite and g > threshold
-        coef = min(ieee_div(threshold, g + NORM_EPS), 1.0) if finite else 1.0
-        if finite:
-            slot = count % self.window
-            old = ring[slot].item()
-            ring[slot] = g
-            removed = int(torch.searchsorted(ordered, old))
-            inserted = int(torch.searchsorted(ordered, g)) - (old < g)
-            if removed < inserted:
-                ordered[removed:inserted] = ordered[removed + 1 : inserted + 1].clone()
-            elif inserted < removed:
-                ordered[inserted + 1 : removed + 1] = ordered[inserted:removed].clone()
-            ordered[inserted] = g
-            state["count"].fill_(count + 1)
-        return self._host_result(norm, coef, threshold, spike, threshold, finite)

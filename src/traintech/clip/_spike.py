@@ -2,10 +2,11 @@ r"""Shared machinery of the adaptive clippers: tensor state, checkpoints and the
 
 Every adaptive clipper (:class:`~traintech.clip.EMAClip`, :class:`~traintech.clip.QuantileClip`,
 :class:`~traintech.clip.ZClip`) keeps its statistics as tensors on the gradients' device and,
-on an accelerator, updates them with ``torch.where``, so a step never waits for the device. On
-CPU, where reading a tensor costs nothing, the same rule runs in Python scalars (far fewer tiny
-ops); both paths give bit-identical results. A non-finite norm never enters the statistics: the
-state after it is the state before it.
+updates them with ``torch.where``, so a step never waits for the device. There is one
+implementation of each rule, this tensor path, on every device: no branch on a norm's value is
+taken in Python, so ``torch.compile`` traces a decision once and does not specialise (and
+recompile) on each norm. A non-finite norm never enters the statistics: the state after it is
+the state before it.
 
 Spike policy. Each clipper defines when a norm is a *spike* (above its adaptive threshold) and
 the *spike boundary* :math:`b_t`, the norm above which step :math:`t` is one. The gradients of a
@@ -82,24 +83,6 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return value.lower()
 
 
-def ieee_div(a: float, b: float) -> float:
-    """``a / b`` with IEEE semantics (``x / 0`` is ``±inf`` or NaN, as in torch), not an error."""
-    try:
-        return a / b
-    except ZeroDivisionError:
-        if a != a or a == 0:  # noqa: PLR0124 (NaN test)
-            return math.nan
-        return math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
-def ieee_pow(a: float, b: float) -> float:
-    """``a ** b`` as CPython computes it (C ``pow``), with overflow giving ``inf``, not an error."""
-    try:
-        return a**b
-    except OverflowError:
-        return math.inf
-
-
 def check_skip_factor(value: object) -> float | None:
     """Return ``skip_factor`` (None or a float >= 1); raise ``ValueError`` otherwise."""
     if value is None:
@@ -120,9 +103,9 @@ class AdaptiveClipper(Clipper):
     :meth:`decide`.
     """
 
-    #: On CPU, run the rule in Python floats (reading a CPU tensor is free) instead of a few
-    #: dozen tiny tensor ops; the two paths give identical results (tested bit for bit).
-    _host_math: bool = True
+    #: :meth:`decide` accepts a non-finite norm and leaves the statistics as they were, so the
+    #: guarded step may judge before its one host read (no second sync, one graph break).
+    decides_nonfinite: bool = True
 
     def __init__(self, skip_factor: float | None) -> None:  # noqa: D107
         self.skip_factor = check_skip_factor(skip_factor)
@@ -164,26 +147,6 @@ class AdaptiveClipper(Clipper):
             over = norm.detach().to(torch.float64) > boundary * self.skip_factor
             skip = skip | (finite & spike & over)
         return ClipResult(norm=norm, coef=coef, threshold=threshold, skip=skip)
-
-    def _host_result(
-        self,
-        norm: Tensor,
-        coef: float,
-        threshold: float,
-        spike: bool,
-        boundary: float,
-        finite: bool,
-    ) -> ClipResult:
-        """:meth:`_result` for the Python-float path (CPU); the same values, bit for bit."""
-        skip = not finite
-        if self.skip_factor is not None:
-            skip = skip or (spike and float(norm) > boundary * self.skip_factor)
-        return ClipResult(
-            norm=norm,
-            coef=torch.tensor(coef if finite else 1.0, dtype=norm.dtype),
-            threshold=torch.tensor(threshold, dtype=torch.float64),
-            skip=torch.tensor(skip),
-        )
 
     def state_dict(self) -> dict[str, Any]:
         """Return the settings and a copy of the statistics (tensors), with ``_version``."""

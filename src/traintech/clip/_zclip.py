@@ -16,8 +16,6 @@ from traintech.clip._spike import (
     check_count,
     check_interval,
     check_positive,
-    ieee_div,
-    ieee_pow,
 )
 
 _MODES = ("zscore", "percentile")
@@ -191,8 +189,6 @@ class ZClip(AdaptiveClipper):
         A non-finite ``norm`` changes nothing and gets ``coef`` 1 and ``skip`` True.
         """
         g = self._follow(norm)
-        if g.device.type == "cpu" and self._host_math:
-            return self._decide_on_host(norm, g.item())
         state, width = self._state, self.warmup_steps
         two, half = g.new_full((), 2.0), g.new_full((), 0.5)
         finite = torch.isfinite(g)
@@ -249,56 +245,3 @@ class ZClip(AdaptiveClipper):
         state["var"] = torch.where(update, new_var, torch.where(start, var0, var))
         state["buffer"], state["total"], state["count"] = buffer, total, new_count
         return self._result(norm, coef, threshold, spike, bound, finite)
-
-    def _decide_on_host(self, norm: Tensor, g: float) -> ClipResult:
-        """:meth:`decide` in Python floats, for CPU state: the zclip package's arithmetic."""
-        state, width, cap = self._state, self.warmup_steps, self.max_grad_norm
-        finite = math.isfinite(g)
-        count = int(state["count"])
-        if count < width:  # warm-up: only max_grad_norm, as torch's clip_grad_norm_
-            threshold, coef = math.inf, 1.0
-            if cap is not None:
-                threshold = cap
-                coef = torch.clamp(cap / (norm.detach() + NORM_EPS), max=1.0).item()
-            if finite:
-                total = state["total"].item() + g
-                state["buffer"][count] = g
-                state["total"].fill_(total)
-                state["count"].fill_(count + 1)
-                if count + 1 == width:
-                    mean = total / width
-                    squares = 0.0
-                    for x in state["buffer"].tolist():  # sequential, as the tensor path
-                        squares += ieee_pow(x - mean, 2.0)
-                    state["mean"].fill_(mean)
-                    state["var"].fill_(squares / width)
-            return self._host_result(norm, coef, threshold, False, math.inf, finite)
-        mean, var = state["mean"].item(), state["var"].item()
-        std = ieee_pow(var, 0.5)
-        clip_val = g
-        if self.mode == "percentile":
-            bound = mean + self.z_thresh * std
-            spike = g > bound
-            if spike:
-                clip_val = bound
-        else:
-            z = ieee_div(g - mean, std + self.eps)
-            spike = z > self.z_thresh
-            bound = mean + self.z_thresh * (std + self.eps)
-            if spike and self.clip_option == "adaptive_scaling":
-                eta = z / self.z_thresh
-                clip_val = (mean + ieee_div(self.z_thresh * std, eta)) * self.clip_factor
-            elif spike:
-                clip_val = mean
-        spike = spike and finite
-        adaptive = clip_val if spike else g
-        effective = adaptive if cap is None else min(adaptive, cap)
-        coef = ieee_div(effective, g + NORM_EPS) if g > effective else 1.0
-        if finite and not (self.skip_update_on_spike and spike):
-            new_mean = self.alpha * mean + (1 - self.alpha) * adaptive
-            new_var = self.alpha * var + (1 - self.alpha) * ieee_pow(adaptive - new_mean, 2.0)
-            state["mean"].fill_(new_mean)
-            state["var"].fill_(new_var)
-        if finite:
-            state["count"].fill_(count + 1)
-        return self._host_result(norm, coef, effective, spike, bound, finite)

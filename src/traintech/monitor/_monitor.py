@@ -12,9 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from traintech.clip._protocol import ClipResult
+from traintech.clip._unwrap import unwrap_optimizer
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import PASS_THROUGH, ActivationProbe, NonFiniteTracer
 from traintech.monitor._runlog import RunLog
+from traintech.monitor._sink import check_sink, record_metrics
 from traintech.monitor._spikes import SpikeDetector
 from traintech.monitor._updates import UpdateTracker, foreach_norms
 from traintech.monitor._writers import finite_or_none, prepare_log_dir, tensorboard_available
@@ -65,7 +67,9 @@ class Monitor:
 
     Args:
         model: the model being trained.
-        optimizer: its optimizer; needed for update-to-weight ratios.
+        optimizer: its optimizer, or a framework's wrapper of it (``LightningOptimizer``,
+            ``AcceleratedOptimizer``, :class:`~traintech.clip.GuardedOptimizer`): the hook goes
+            on the real ``torch.optim.Optimizer``; needed for update-to-weight ratios.
         log_dir: folder for ``monitor.jsonl`` (one line per logged step, flushed at once),
             ``monitor.csv`` and TensorBoard event files; ``None`` keeps everything in memory.
         every: log every ``every`` optimizer steps (>= 1). Default: 1.
@@ -86,6 +90,10 @@ class Monitor:
             itself; JSONL and CSV always hold everything). Default: None.
         tensorboard_layers_every: see ``tensorboard`` (>= 1). Default: 10.
         csv: write ``monitor.csv`` when ``log_dir`` is set. Default: True.
+        sink: called as ``sink(metrics, step)`` after every logged step with the flat scalars
+            of :func:`traintech.monitor._sink.record_metrics` (``monitor/loss``,
+            ``monitor/clip/coef``, ...), so they reach TensorBoard/W&B through the framework's
+            own logger; ready sinks in :mod:`traintech.integrations`. Default: None.
 
     Example:
         >>> model = nn.Linear(3, 1)
@@ -121,13 +129,13 @@ class Monitor:
         tensorboard: bool | None = None,
         tensorboard_layers_every: int = 10,
         csv: bool = True,
+        sink: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
-            )
+        if optimizer is not None:
+            optimizer = unwrap_optimizer(optimizer)
+        self.sink = check_sink(sink)
         _check_every("every", every, allow_none=False)
         _check_every("update_every", update_every, allow_none=True)
         _check_every("activation_every", activation_every, allow_none=True)
@@ -368,6 +376,8 @@ class Monitor:
         self.history.append(record)
         if self._log is not None:
             self._log.write(record)
+        if self.sink is not None:
+            self.sink(record_metrics(record), record["step"])
         if self.raise_on_nonfinite:
             for event in record["events"]:
                 if event["kind"] == "nonfinite":
