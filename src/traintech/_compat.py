@@ -116,3 +116,13 @@ def scaler_scale(scaler: torch.amp.GradScaler) -> Tensor:
         # First use of a lazily initialised scaler: scale() has not run yet.
         return torch.tensor(scaler.get_scale(), dtype=torch.float32)
     return scale.reshape(())
+
+
+def scaler_optimizer_unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> (
+    bool
+):
+    """Whether ``scaler.unscale_(optimizer)`` was already called since the last ``update()``."""
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states.get(id(optimizer))
+    return bool(state is not None and state.get("stage") is OptState.UNSCALED)

@@ -8,10 +8,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from traintech._compat import record_scaler_found_inf, scaler_scale
+from traintech._compat import record_scaler_found_inf, scaler_optimizer_unscaled, scaler_scale
 from traintech._distributed import all_ranks_any
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._skip_warnings import (
+    DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    DEFAULT_WARN_EVERY,
+    SkipWarner,
+    skip_reason,
+    warn_fp16_without_scaler,
+)
 from traintech.clip._validate import check_nonneg, check_positive_int
 
 
@@ -81,14 +88,25 @@ class GuardedStep:
             calls ``scaler.unscale_``/``step``/``update`` itself (do not call them yourself).
         max_norm_skip: also skip the update when the norm exceeds this hard limit.
         max_consecutive_skips: raise :class:`TooManySkippedStepsError` after this many skipped
-            steps in a row (checking it costs one host sync per step).
+            steps in a row (default 50: a run that skips every step stops instead of training
+            nothing); None disables the limit.
         fold: fold the coefficient into a fused optimizer: None = when possible (fused
             optimizer and a clipper that scales uniformly), False = never.
+        warn_every: a :class:`SkippedStepWarning` is emitted at the first skipped step, naming
+            the reason (non-finite norm, over ``max_norm_skip``, a spike the clipper asked to
+            skip); later skips are counted and reported at most once every ``warn_every`` calls
+            (default 100). None silences the warnings. Reading the skip flag costs one host
+            sync per step; with ``warn_every=None`` and ``max_consecutive_skips=None`` a fused
+            step with a stateless clipper has none.
+
+    Warns:
+        SkippedStepWarning: see ``warn_every``.
+        UserWarning: once, when float16 gradients are stepped without an enabled GradScaler.
 
     Raises:
         TypeError: for an ``optimizer``, ``clipper`` or ``scaler`` of the wrong type.
         ValueError: for a negative/NaN ``max_norm_skip`` or ``max_consecutive_skips`` < 1, or
-            ``fold=True`` where folding is impossible.
+            ``fold=True`` where folding is impossible, or ``warn_every`` < 1.
 
     Example:
         >>> from traintech.clip import NormClip
@@ -109,8 +127,9 @@ class GuardedStep:
         clipper: Clipper | None = None,
         scaler: torch.amp.GradScaler | None = None,
         max_norm_skip: float | None = None,
-        max_consecutive_skips: int | None = None,
+        max_consecutive_skips: int | None = DEFAULT_MAX_CONSECUTIVE_SKIPS,
         fold: bool | None = None,
+        warn_every: int | None = DEFAULT_WARN_EVERY,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -125,6 +144,8 @@ class GuardedStep:
             raise TypeError(
                 f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
             )
+        if warn_every is not None:
+            check_positive_int("warn_every", warn_every)
         can_fold = _is_fused(optimizer) and (clipper is None or clipper.scales_uniformly())
         if fold and not can_fold:
             raise ValueError(
@@ -147,6 +168,9 @@ class GuardedStep:
             else check_positive_int("max_consecutive_skips", max_consecutive_skips)
         )
         self.fold = can_fold if fold is None else fold
+        self.warn_every = warn_every
+        self._warner = SkipWarner(warn_every)
+        self._fp16_warned = False
         self._calls = 0
         self._skipped: Tensor = torch.zeros((), dtype=torch.int64)
         self._consecutive: Tensor = torch.zeros((), dtype=torch.int64)
@@ -193,6 +217,15 @@ class GuardedStep:
                 "the optimizer's parameters have no gradients: call GuardedStep.step() after "
                 "loss.backward()"
             )
+        scaler = self._active_scaler()
+        if scaler is not None and scaler_optimizer_unscaled(scaler, self.optimizer):
+            raise RuntimeError(
+                "scaler.unscale_(optimizer) was already called this step: GuardedStep unscales "
+                "the gradients itself before it measures them; remove your own "
+                "scaler.unscale_/scaler.step/scaler.update calls"
+            )
+        if scaler is None and not self._fp16_warned:
+            self._fp16_warned = warn_fp16_without_scaler(grads)
         use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
         self._count(report)
@@ -305,13 +338,22 @@ class GuardedStep:
         self._consecutive = (self._consecutive + 1) * skip
         finite = torch.isfinite(report.norm)
         self._last_finite = torch.where(finite, self._calls, self._last_finite)
+        call = self._calls
         self._calls += 1
         limit = self.max_consecutive_skips
+        if limit is None and self.warn_every is None:
+            return
+        if not bool(report.skipped):
+            return
+        norm = float(report.norm)
+        reason = skip_reason(norm, self.max_norm_skip, report.clip)
+        self._warner.observe(call, True, reason, int(self._skipped))
         if limit is not None and int(self._consecutive) >= limit:
             raise TooManySkippedStepsError(
                 f"{int(self._consecutive)} optimizer steps in a row were skipped "
-                f"(max_consecutive_skips={limit}); last norm {float(report.norm)!r}. Lower the "
-                "learning rate, check the data, or raise max_consecutive_skips."
+                f"(max_consecutive_skips={limit}); the last because {reason}. Fix the cause, "
+                "raise max_consecutive_skips, or pass max_consecutive_skips=None to disable "
+                "the limit."
             )
 
     # ----------------------------------------------------------------------------- state
