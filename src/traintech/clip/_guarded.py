@@ -2,7 +2,7 @@ r"""GuardedStep: clipping, AMP unscaling and non-finite skipping around ``optimi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ class StepReport:
             non-finite (the clipper is then not consulted; on the fused path a stateless
             clipper is consulted with a zero norm instead, to avoid a host sync).
         fused: True when the coefficient was folded into a fused optimizer's step.
+        clipper: the clipper's class name (None without a clipper), for the monitor's advice.
     """
 
     norm: Tensor
@@ -45,6 +46,7 @@ class StepReport:
     skipped: Tensor
     clip: ClipResult | None
     fused: bool
+    clipper: str | None = None
 
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
@@ -228,6 +230,8 @@ class GuardedStep:
             self._fp16_warned = warn_fp16_without_scaler(grads)
         use_fold = self.fold and self._state_ready(params)
         report = self._fused_step(grads) if use_fold else self._plain_step(grads)
+        if self.clipper is not None:
+            report = replace(report, clipper=type(self.clipper).__name__)
         self._count(report)
         return report
 

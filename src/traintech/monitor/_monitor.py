@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech.clip._guarded import StepReport
 from traintech.clip._protocol import ClipResult
+from traintech.monitor._clip_input import coerce_clip
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import PASS_THROUGH, ActivationProbe, NonFiniteTracer
 from traintech.monitor._runlog import RunLog
@@ -194,14 +196,16 @@ class Monitor:
             self._probe.arm()
 
     # -- the step ---------------------------------------------------------------------------
-    def step(self, loss: Tensor | float | None = None, clip: ClipResult | None = None) -> (
-        dict[str, Any] | None
-    ):
+    def step(
+        self, loss: Tensor | float | None = None, clip: ClipResult | StepReport | None = None
+    ) -> dict[str, Any] | None:
         """Record this optimizer step; call it after ``optimizer.step()``.
 
         Args:
             loss: the step's loss (a tensor is read with the other statistics, no extra sync).
-            clip: the :class:`traintech.clip.ClipResult` of this step's clipper, if any.
+            clip: the :class:`traintech.clip.ClipResult` of this step's clipper, or the
+                :class:`traintech.clip.StepReport` that ``GuardedStep.step()`` returned (its
+                clipper's name then reaches the diagnosis).
 
         Returns:
             The logged record (also written to the logs), or ``None`` on a step not logged.
@@ -210,8 +214,7 @@ class Monitor:
             NonFiniteError: with ``raise_on_nonfinite=True``, when the loss or a gradient is
                 NaN/Inf; the message names the module where it started when traced.
         """
-        if clip is not None and not isinstance(clip, ClipResult):
-            raise TypeError(f"clip must be a traintech.clip.ClipResult, got {type(clip).__name__}")
+        clip, clipper = coerce_clip(clip)
         t = self.step_count
         self.step_count += 1
         if not self._logged(t):
@@ -222,6 +225,8 @@ class Monitor:
                 self._check_trace_only(self._tracer, t)
             return None
         record = self._gather(t, loss, clip)
+        if clipper is not None:
+            record["clip"]["clipper"] = clipper
         self._arm(self.step_count)
         self._finish(record)
         return record
