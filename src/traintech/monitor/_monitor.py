@@ -70,6 +70,9 @@ class Monitor:
         optimizer: its optimizer; needed for update-to-weight ratios.
         log_dir: folder for ``monitor.jsonl`` (one line per logged step, flushed at once),
             ``monitor.csv`` and TensorBoard event files; ``None`` keeps everything in memory.
+            A folder that already holds a run gets a new one: ``meta["run"]`` is one past the
+            largest run id in the log and every JSONL line carries ``"run"``; a monitor that
+            :meth:`load_state_dict` resumes keeps writing under the saved run's id.
         every: log every ``every`` optimizer steps (>= 1). Default: 1.
         update_every: sample update ratios every ``update_every`` steps (None: off). Default: 10.
         activation_every: sample activation statistics every ``activation_every`` steps
@@ -398,6 +401,7 @@ class Monitor:
         return {
             "_version": self._version,
             "step_count": self.step_count,
+            "run": self.meta.get("run"),
             "loss_spikes": self.loss_spikes.state_dict(),
             "grad_spikes": self.grad_spikes.state_dict(),
             "history": [dict(r) for r in self.history],
@@ -424,6 +428,9 @@ class Monitor:
         self.history.extend(dict(r) for r in state_dict["history"])
         self.events.clear()
         self.events.extend(dict(e) for e in state_dict["events"])
+        run = state_dict.get("run")
+        if self._log is not None and isinstance(run, int) and not isinstance(run, bool):
+            self._log.continue_run(run)  # a resumed run keeps its id in the log
         self._probe.disarm()
         self._arm(self.step_count)
 
