@@ -18,7 +18,7 @@ from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import PASS_THROUGH, ActivationProbe, NonFiniteTracer
 from traintech.monitor._runlog import RunLog
 from traintech.monitor._spikes import SpikeDetector
-from traintech.monitor._updates import UpdateTracker, foreach_norms
+from traintech.monitor._updates import DEFAULT_MAX_NUMEL, UpdateTracker, foreach_norms
 from traintech.monitor._writers import finite_or_none, prepare_log_dir, tensorboard_available
 
 
@@ -91,6 +91,9 @@ class Monitor:
             itself; JSONL and CSV always hold everything). Default: None.
         tensorboard_layers_every: see ``tensorboard`` (>= 1). Default: 10.
         csv: write ``monitor.csv`` when ``log_dir`` is set. Default: True.
+        update_max_numel: the most parameter elements copied on one sampled step to measure
+            update ratios (the extra memory of the sampler); a larger model is measured one
+            part at a time, in rotation. Default: ``2**22`` (16 MiB of float32).
 
     Example:
         >>> model = nn.Linear(3, 1)
@@ -126,6 +129,7 @@ class Monitor:
         tensorboard: bool | None = None,
         tensorboard_layers_every: int = 10,
         csv: bool = True,
+        update_max_numel: int = DEFAULT_MAX_NUMEL,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -138,6 +142,7 @@ class Monitor:
         _check_every("activation_every", activation_every, allow_none=True)
         _check_every("history", history, allow_none=False)
         _check_every("tensorboard_layers_every", tensorboard_layers_every, allow_none=False)
+        _check_every("update_max_numel", update_max_numel, allow_none=False)
         self.loss_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.grad_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.log_dir = None if log_dir is None else prepare_log_dir(log_dir)
@@ -175,7 +180,8 @@ class Monitor:
         self._updates: UpdateTracker | None = None
         if optimizer is not None and update_every is not None:
             self._updates = UpdateTracker(
-                optimizer, self._params, lambda: self._sampled(self.step_count, update_every)
+                optimizer, self._params, lambda: self._sampled(self.step_count, update_every),
+                update_max_numel,
             )
 
         self._log: RunLog | None = None
