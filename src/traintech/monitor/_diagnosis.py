@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Severity = Literal["error", "warning", "info"]
@@ -422,7 +422,27 @@ def diagnose(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[Fi
         findings += rule(steps, meta)
     fired = {f.rule for f in findings}
     dropped = {r for k, rs in _SUPERSEDES.items() if k in fired for r in rs}
-    return [f for f in findings if f.rule not in dropped]
+    findings = [f for f in findings if f.rule not in dropped]
+    if fired & {"exploding_gradients", "update_ratio_high"}:
+        findings = [_clipping_holds_back_lr(f) if f.rule == "clipping_saturated" else f
+                    for f in findings]
+    return findings
+
+
+def _clipping_holds_back_lr(finding: Finding) -> Finding:
+    """Saturated clipping in a run whose learning rate is too high: keep the clip, lower the LR.
+
+    Raising the threshold would hand the full, too large step back to the optimizer.
+    """
+    ev = finding.evidence
+    message = (
+        f"clipping scaled the gradients on {ev['clipped_fraction']:.0%} of the steps (median "
+        f"threshold {ev['threshold']:.3g}, 90th percentile of the norms {ev['norm_p90']:.3g}), "
+        "and the updates are still large or the gradients explode: the clipping is holding "
+        "back a learning rate that is too high. Keep the threshold and lower the learning "
+        "rate until clipping is rare; do not raise the threshold first."
+    )
+    return replace(finding, message=message, evidence={**ev, "lr_too_high": True})
 
 
 def format_findings(findings: Sequence[Finding]) -> str:

@@ -62,9 +62,9 @@ class RollbackGuard:
     skipping the batches that caused it (PaLM, Chowdhery et al. 2022,
     https://arxiv.org/abs/2204.02311, Sec. 5.1). This guard does it in memory: every
     ``every`` steps without a spike it keeps a deep copy of the ``state_dict`` of the model,
-    optimizer, scheduler, clipper and AMP ``GradScaler`` (at most ``keep`` of them). A loss :math:`x_t` is a spike
-    when its z-score against the EMA of past losses exceeds the detector's threshold
-    (:class:`SpikeDetector`):
+    optimizer, scheduler, clipper and AMP ``GradScaler`` (at most ``keep`` of them). A loss
+    :math:`x_t` is a spike when its z-score against the EMA of past losses exceeds the
+    detector's threshold (:class:`SpikeDetector`):
 
     .. math::
         z_t = \frac{x_t - \mu_{t-1}}{\sigma_{t-1}} > z_{thresh}
