@@ -165,3 +165,35 @@ def test_clip_result_input_still_works():
                         torch.tensor(False))
     rec = mon.step(clip=result)
     assert rec["clip"] == {"norm": 2.0, "coef": 0.5, "threshold": 1.0, "skip": False}
+
+
+# ----------------------------------------------------------------------------- AMP mistakes
+def _amp_step(model, opt, scaler, clipper, x, y, unscale_first):
+    opt.zero_grad()
+    scaler.scale(((model(x) - y) ** 2).mean()).backward()
+    if unscale_first:
+        scaler.unscale_(opt)
+    result = clipper(model.parameters())
+    scaler.step(opt)
+    scaler.update()
+    return result
+
+
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_a_clipper_that_measured_scaled_gradients_is_detected(data, unscale_first):
+    x, y = data
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    mon = Monitor(model, opt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(3):
+            result = _amp_step(model, opt, scaler, NormClip(1.0), x[t * 16 : (t + 1) * 16],
+                               y[t * 16 : (t + 1) * 16], unscale_first)
+            mon.step(clip=result)
+    scaled = [w for w in caught if "unscale_" in str(w.message)]
+    if unscale_first:
+        assert scaled == []
+    else:
+        assert len(scaled) == 1 and "1.02e+03x" in str(scaled[0].message)  # once, the scale

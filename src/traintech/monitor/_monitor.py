@@ -13,7 +13,12 @@ from torch import Tensor, nn
 
 from traintech.clip._guarded import StepReport
 from traintech.clip._protocol import ClipResult
-from traintech.monitor._clip_input import coerce_clip
+from traintech.monitor._clip_input import (
+    SCALE_MISMATCH,
+    coerce_clip,
+    scaled_clip_ratio,
+    warn_scaled_clip,
+)
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import PASS_THROUGH, ActivationProbe, NonFiniteTracer
 from traintech.monitor._runlog import RunLog
@@ -157,6 +162,7 @@ class Monitor:
         self.raise_on_nonfinite = raise_on_nonfinite
         self.tensorboard_layers_every = tensorboard_layers_every
         self.step_count = 0
+        self._scale_warned = False
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.events: deque[dict[str, Any]] = deque(maxlen=history)
 
@@ -236,6 +242,11 @@ class Monitor:
         record = self._gather(t, loss, clip)
         if clipper is not None:
             record["clip"]["clipper"] = clipper
+        elif clip is not None and not self._scale_warned:
+            ratio = scaled_clip_ratio(record)
+            if ratio is not None and ratio >= SCALE_MISMATCH:
+                self._scale_warned = True
+                warn_scaled_clip(ratio)
         self._arm(self.step_count)
         self._finish(record)
         return record
