@@ -104,7 +104,7 @@ class ZClip(AdaptiveClipper):
     Example:
         >>> import torch
         >>> from traintech.clip import ZClip
-        >>> clipper = ZClip(warmup_steps=3)
+        >>> clipper = ZClip(warmup_steps=3, max_grad_norm=10.0)  # cap above the healthy norm 5
         >>> w = torch.zeros(2, requires_grad=True)
         >>> for g in ([3.0, 4.0], [4.0, 3.0], [0.0, 5.0], [30.0, 40.0]):
         ...     w.grad = torch.tensor(g)
