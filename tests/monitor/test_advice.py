@@ -197,3 +197,37 @@ def test_a_clipper_that_measured_scaled_gradients_is_detected(data, unscale_firs
         assert scaled == []
     else:
         assert len(scaled) == 1 and "1.02e+03x" in str(scaled[0].message)  # once, the scale
+
+
+# ----------------------------------------------------------------------------- divergence rule
+def _records(norms, losses):
+    return [{"step": t, "grad_norm": n, "loss": v, "events": []}
+            for t, (n, v) in enumerate(zip(norms, losses, strict=True))]
+
+
+def test_sustained_norm_growth_without_a_loss_rise_is_exploding_but_not_diverging():
+    norms = [1.0 * 2.0**t for t in range(12)]  # 2048x
+    losses = [1.0 - 0.05 * t for t in range(12)]
+    (found,) = [f for f in diagnose(_records(norms, losses), {}) if f.rule
+                == "exploding_gradients"]
+    assert "diverges" not in found.message and "Clip" in found.message
+    assert found.evidence["growth"] >= 100
+
+
+def test_a_loss_rise_with_a_norm_peak_is_seen_at_the_third_step():
+    found = diagnose(_records([1.0, 30.0, 50.0], [2.0, 9.0, 40.0]), {})
+    (f,) = [f for f in found if f.rule == "exploding_gradients"]
+    assert "diverges" in f.message and f.evidence["loss_rise"] == pytest.approx(20.0)
+    assert f.steps == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("norms", "losses"),
+    [
+        ([1.0, 1.2, 0.9, 1.1, 1.0, 0.8], [2.0, 1.5, 1.2, 1.0, 0.9, 0.8]),  # healthy
+        ([1.0, 1.1, 1.2, 1.0, 1.1, 1.3], [1.0, 3.0, 5.0, 6.0, 7.0, 8.0]),  # loss rises, norm flat
+        ([1.0, 50.0, 1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 0.9, 0.8, 0.8, 0.7]),  # one norm spike
+    ],
+)
+def test_no_divergence_without_both_signs(norms, losses):
+    assert "exploding_gradients" not in {f.rule for f in diagnose(_records(norms, losses), {})}

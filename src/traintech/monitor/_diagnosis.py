@@ -164,13 +164,18 @@ def _exploding(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Find
         end = "before it became non-finite" if went_nonfinite else "and stayed there"
         rose = f"; the loss rose {loss_rise:.3g}-fold from {losses[0][1]:.4g} {end}"
     cap = 2 * early
-    message = (
-        f"{how}{where}{rose}: exploding gradients, the training diverges. Lower the learning "
-        f"rate (a diverging loss means it is too high) and clip the gradient norm at about "
-        f"{cap:.3g} (traintech.clip.NormClip(max_norm={cap:.3g}) in a GuardedStep, or "
-        f"ZClip(max_grad_norm={cap:.3g}), which caps from the first step); for RNNs an "
-        "orthogonal recurrent init."
+    clip = (
+        f"clip the gradient norm at about {cap:.3g} (traintech.clip.NormClip(max_norm="
+        f"{cap:.3g}) in a GuardedStep, or ZClip(max_grad_norm={cap:.3g}), which caps from the "
+        "first step); for RNNs an orthogonal recurrent init"
     )
+    if rose:
+        message = (
+            f"{how}{where}{rose}: exploding gradients, the training diverges. Lower the "
+            f"learning rate (a rising loss means it is too high) and {clip}."
+        )
+    else:
+        message = f"{how}{where}: exploding gradients. Clip: {clip}; or lower the learning rate."
     evidence = {
         "first_norm": first_norm, "peak_norm": peak, "peak_step": peak_step,
         "early_median": early, "late_median": late, "growth": growth, "loss_rise": loss_rise,
