@@ -124,6 +124,38 @@ def exploding_rnn(seed: int = 0, steps: int = 40) -> Monitor:
     return mon
 
 
+def demo_exploding_rnn(seed: int = 0, steps: int = 8) -> Monitor:
+    """The issue's own report: the demo's char RNN and text, at the demo's lr 2.0, no clipping.
+
+    Same model, data, batch and summed loss as ``traintech demo``'s clipping experiment
+    (``traintech.demo._clip_exp``), cut to ``steps`` steps.
+    """
+    from traintech.demo._clip_exp import CharRNN as DemoRNN
+    from traintech.demo._clip_exp import ClipConfig
+    from traintech.demo._data import load_text
+
+    cfg = ClipConfig()
+    text = load_text()
+    gen = _gen(seed)
+    model = DemoRNN(text.vocab_size, cfg.hidden)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    mon = Monitor(model, opt)
+    offsets = torch.arange(cfg.seq_len + 1)
+    for _ in range(steps):
+        starts = torch.randint(0, len(text.ids) - cfg.seq_len - 1, (cfg.batch_size,),
+                               generator=gen)
+        chunk = text.ids[starts[:, None] + offsets]
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(
+            model(x).reshape(-1, text.vocab_size), y.reshape(-1)
+        ) * cfg.seq_len
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss)
+    return mon
+
+
 def exploding_mlp(seed: int = 0, steps: int = 30) -> Monitor:
     """A linear-ish MLP with SGD far above its stable step size: the loss explodes at once."""
     gen = _gen(seed)
@@ -314,6 +346,7 @@ class Case:
 
 CORPUS: dict[str, Case] = {
     "exploding_rnn": Case(exploding_rnn, "exploding_gradients", WRONG_FOR_DIVERGENCE),
+    "demo_exploding_rnn": Case(demo_exploding_rnn, "exploding_gradients", WRONG_FOR_DIVERGENCE),
     "exploding_mlp": Case(exploding_mlp, "exploding_gradients", WRONG_FOR_DIVERGENCE),
     "nan_data": Case(nan_data, "nonfinite", frozenset({"update_ratio_low"})),
     "vanishing": Case(vanishing, "vanishing_gradients", frozenset({"exploding_gradients"})),

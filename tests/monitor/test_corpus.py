@@ -51,7 +51,7 @@ def test_each_run_gets_its_rule_and_nothing_inverted(found, name):
     assert not set(rules) & case.forbidden, f"{name}: inverted advice {rules}"
 
 
-@pytest.mark.parametrize("name", ["exploding_rnn", "exploding_mlp"])
+@pytest.mark.parametrize("name", ["demo_exploding_rnn", "exploding_rnn", "exploding_mlp"])
 def test_diverging_runs_never_hear_the_learning_rate_is_too_low(found, name):
     text = " ".join(f.message for f in found[name]).lower()
     assert "too low" not in text and "vanish" not in text

@@ -163,7 +163,7 @@ def _exploding(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Find
     if loss_rise >= LOSS_RISE:
         end = "before it became non-finite" if went_nonfinite else "and stayed there"
         rose = f"; the loss rose {loss_rise:.3g}-fold from {losses[0][1]:.4g} {end}"
-    cap = 2 * early
+    cap = 2 * min(early, first_norm)
     clip = (
         f"clip the gradient norm at about {cap:.3g} (traintech.clip.NormClip(max_norm="
         f"{cap:.3g}) in a GuardedStep, or ZClip(max_grad_norm={cap:.3g}), which caps from the "
