@@ -231,3 +231,14 @@ def test_a_loss_rise_with_a_norm_peak_is_seen_at_the_third_step():
 )
 def test_no_divergence_without_both_signs(norms, losses):
     assert "exploding_gradients" not in {f.rule for f in diagnose(_records(norms, losses), {})}
+
+
+def test_a_log_from_before_run_ids_is_run_1_and_the_next_is_run_2(tmp_path, data):
+    legacy = ['{"meta":{"model":"Old","params":{}}}', '{"step":0,"loss":1.0,"grad_norm":1.0}',
+              '{"step":1,"loss":0.9,"grad_norm":1.0}']
+    (tmp_path / "monitor.jsonl").write_text("\n".join(legacy) + "\n")
+    mon = _run(tmp_path, data, 2)
+    assert mon.meta["run"] == 2
+    runs = read_runs(tmp_path)
+    assert [r["step"] for r in runs[1][1]] == [0, 1] and runs[1][0]["model"] == "Old"
+    assert [r["step"] for r in runs[2][1]] == [0, 1]

@@ -10,14 +10,16 @@ from typing import Any
 def next_run_id(path: Path) -> int:
     """The id of a new run appended to the JSONL log at ``path``: one past the largest there.
 
-    Only ``meta`` lines are parsed. A log written before run ids existed counts as run 1.
+    Only ``meta`` lines are parsed (each run writes one before its first record, so they hold
+    every run id; the record lines are not decoded). A log written before run ids existed
+    counts as run 1.
     """
     if not path.is_file():
         return 1
     largest = 0
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
-            if '"meta"' not in line and '"run"' not in line:
+            if not line.startswith('{"meta"'):
                 continue
             try:
                 obj = json.loads(line)
@@ -25,11 +27,8 @@ def next_run_id(path: Path) -> int:
                 continue
             if not isinstance(obj, dict):
                 continue
-            run = obj.get("run", obj.get("meta", {}).get("run") if "meta" in obj else None)
-            if isinstance(run, int) and not isinstance(run, bool):
-                largest = max(largest, run)
-            elif "meta" in obj or isinstance(obj.get("step"), int):
-                largest = max(largest, 1)
+            run = run_of(obj, 1)
+            largest = max(largest, run)
     return largest + 1
 
 
