@@ -45,7 +45,7 @@ class Finding:
     Attributes:
         rule: the rule's name (``exploding_gradients``, ``vanishing_gradients``, ``dead_units``,
             ``update_ratio_high``, ``update_ratio_low``, ``nonfinite``, ``spikes``,
-            ``clipping_saturated``).
+            ``clipping_saturated``, ``no_data``).
         message: the symptom and the technique to try.
         layers: the parameters or modules concerned, most affected first.
         steps: the first and last step the rule looked at.
