@@ -406,7 +406,12 @@ class Monitor:
 
     # -- results -----------------------------------------------------------------------------
     def findings(self) -> list[Finding]:
-        """The diagnosis of the steps in memory, as structured findings."""
+        """The diagnosis of the steps in memory, as structured findings.
+
+        Each :class:`Finding` has ``rule``, ``message`` (also ``advice``), ``severity``,
+        ``evidence``, ``layers`` and ``steps``. Empty for a healthy run; one ``no_data`` finding
+        when no step was logged (no data is not a healthy run).
+        """
         return diagnose(list(self.history), self.meta)
 
     def summary(self) -> str:
