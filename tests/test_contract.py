@@ -218,11 +218,11 @@ def test_clipper_state_dict_round_trip_fresh_instance() -> None:
 def test_zclip_defaults_and_package_parity() -> None:
     zclip = pytest.importorskip("zclip")
     ours = tclip.ZClip()
-    assert ours.max_grad_norm is None
+    assert ours.max_grad_norm == 1.0  # the package's default (DESIGN.md, issue 14)
     theirs = zclip.ZClip()  # max_grad_norm=1.0 in the package
-    ours_capped = tclip.ZClip(max_grad_norm=1.0)
+    ours_capped = tclip.ZClip()
     theirs_nocap = zclip.ZClip(max_grad_norm=None)
-    ours_nocap = tclip.ZClip()
+    ours_nocap = tclip.ZClip(max_grad_norm=None)
     g = torch.Generator().manual_seed(1)
     scales = [1.0 + 0.1 * torch.rand((), generator=g).item() for _ in range(80)]
     scales[40] = 30.0

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)"
     )
+    report.add_argument(
+        "--run", type=_positive_int, default=None,
+        help="which run of the log to plot, when a folder holds several (default: the last)",
+    )
 
     sub.add_parser("version", help="print the traintech and torch versions")
     return parser
@@ -109,6 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         from traintech.monitor import render_report
 
-        return render_report(args.run_dir, out=args.out)
+        return render_report(args.run_dir, out=args.out, run=args.run)
     parser.print_help(sys.stderr)
     return 2

@@ -226,5 +226,5 @@ def test_repr_shows_the_settings():
     assert repr(EMAClip(factor=3.0)) == (
         "EMAClip(factor=3.0, beta=0.98, warmup_steps=25, skip_factor=None)"
     )
-    assert repr(ZClip()).startswith("ZClip(alpha=0.97, z_thresh=2.5, max_grad_norm=None,")
+    assert repr(ZClip()).startswith("ZClip(alpha=0.97, z_thresh=2.5, max_grad_norm=1.0,")
     assert repr(AGC(exclude="fc.*")) == "AGC(clip_factor=0.01, eps=0.001, exclude=('fc.*',))"

@@ -37,7 +37,6 @@ def _norms(seed: int, steps: int = 120) -> list[float]:
 
 def _package(opts: dict, warmup: int) -> "zclip.ZClip":
     kwargs = dict(opts, warmup_steps=warmup)
-    kwargs.setdefault("max_grad_norm", None)
     return zclip.ZClip(**kwargs)
 
 

@@ -145,6 +145,7 @@ def test_logs_are_written_and_flushed_each_step(setup, tmp_path):
     assert len(lines) == 4
     meta, *recs = [json.loads(line) for line in lines]
     assert meta["meta"]["params"]["0.weight"] == [[16, 6], 96]
+    assert meta["run"] == 1 and all(r.pop("run") == 1 for r in recs)  # a run id on every line
     assert recs == list(mon.history)
     csv_lines = (tmp_path / "run" / "monitor.csv").read_text().splitlines()
     header = csv_lines[0].split(",")

@@ -52,7 +52,7 @@ def test_default_output_lies_in_the_run_dir_and_cli_works(run_dir, capsys):
     assert "report.html" in capsys.readouterr().out
 
 
-def test_corrupt_and_truncated_lines_are_skipped(run_dir, tmp_path):
+def test_corrupt_and_truncated_lines_are_skipped(run_dir, tmp_path, capsys):
     path, _ = run_dir
     lines = (path / "monitor.jsonl").read_text().splitlines()
     broken = tmp_path / "broken"
@@ -66,8 +66,10 @@ def test_corrupt_and_truncated_lines_are_skipped(run_dir, tmp_path):
     assert [m.split("monitor.jsonl:")[1].split(":")[0] for m in messages] == ["6", "10", "63"]
     assert all("skipped a corrupt or truncated line" in m for m in messages)
     assert len(records) == 59 and meta["params"]
-    with pytest.warns(UserWarning):
-        assert render_report(broken) == 0
+    capsys.readouterr()
+    assert render_report(broken) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 3 corrupt line(s)" in err[0]  # one line, not three
     assert len(images((broken / "report.html").read_text())) == 5
 
 

@@ -194,3 +194,38 @@ def test_bad_arguments(kwargs, error, match):
         RollbackGuard(model, torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
     with pytest.raises(TypeError, match="optimizer"):
         RollbackGuard(model, None)
+
+
+def test_rollback_restores_the_grad_scaler():
+    x, y = make_data(30)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
+    guard = RollbackGuard(model, opt, every=2, patience=2, scaler=scaler,
+                          detector=SpikeDetector(warmup=4))
+    scales = {}
+    event = None
+    for t in range(30):
+        xb, yb = x[t * 32 : (t + 1) * 32], y[t * 32 : (t + 1) * 32]
+        if t >= 12:
+            yb = yb * 30 + 10
+        loss = ((model(xb) - yb) ** 2).mean()
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()  # growth_interval=1: the scale doubles at every finite step
+        scales[t] = scaler.get_scale()
+        event = guard.step(loss)
+        if event is not None:
+            break
+    assert event is not None and scales[event.step] > scales[event.restored_step]
+    assert scaler.get_scale() == scales[event.restored_step]
+    assert scaler.state_dict()["_growth_tracker"] == 0
+
+
+def test_rollback_refuses_a_scaler_of_the_wrong_type():
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler"):
+        RollbackGuard(model, opt, scaler=object())

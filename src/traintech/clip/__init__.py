@@ -9,6 +9,7 @@ from traintech.clip._norm_clip import NormClip
 from traintech.clip._per_layer import clip_grad_norm_per_layer_
 from traintech.clip._protocol import Clipper, ClipResult
 from traintech.clip._quantile import QuantileClip
+from traintech.clip._skip_warnings import SkippedStepWarning
 from traintech.clip._value_clip import ValueClip
 from traintech.clip._zclip import ZClip
 
@@ -21,6 +22,7 @@ __all__ = [
     "GuardedStep",
     "NormClip",
     "QuantileClip",
+    "SkippedStepWarning",
     "StepReport",
     "TooManySkippedStepsError",
     "ValueClip",

@@ -2,16 +2,23 @@ r"""GuardedStep: clipping, AMP unscaling and non-finite skipping around ``optimi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from traintech._compat import record_scaler_found_inf, scaler_scale
+from traintech._compat import record_scaler_found_inf, scaler_scale, scaler_unscaled
 from traintech._distributed import all_ranks_any
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._skip_warnings import (
+    DEFAULT_MAX_CONSECUTIVE_SKIPS,
+    DEFAULT_WARN_EVERY,
+    SkipWarner,
+    skip_reason,
+    warn_fp16_without_scaler,
+)
 from traintech.clip._unwrap import (
     accelerate_sync,
     mark_step_skipped,
@@ -41,6 +48,7 @@ class StepReport:
         synced: False on a non-sync micro-step of an ``accelerator.accumulate`` window: nothing
             was measured or stepped (``norm`` 0, ``coef`` 1, ``skipped`` False) and no counter
             moved.
+        clipper: the clipper's class name (None without a clipper), for the monitor's advice.
     """
 
     norm: Tensor
@@ -49,6 +57,7 @@ class StepReport:
     clip: ClipResult | None
     fused: bool
     synced: bool = True
+    clipper: str | None = None
 
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
@@ -105,14 +114,25 @@ class GuardedStep:
             calls ``scaler.unscale_``/``step``/``update`` itself (do not call them yourself).
         max_norm_skip: also skip the update when the norm exceeds this hard limit.
         max_consecutive_skips: raise :class:`TooManySkippedStepsError` after this many skipped
-            steps in a row (checking it costs one host sync per step).
+            steps in a row (default 50: a run that skips every step stops instead of training
+            nothing); None disables the limit.
         fold: fold the coefficient into a fused optimizer: None = when possible (fused
             optimizer and a clipper that scales uniformly), False = never.
+        warn_every: a :class:`SkippedStepWarning` is emitted at the first skipped step, naming
+            the reason (non-finite norm, over ``max_norm_skip``, a spike the clipper asked to
+            skip); later skips are counted and reported at most once every ``warn_every`` calls
+            (default 100). None silences the warnings. Reading the skip flag costs one host
+            sync per step; with ``warn_every=None`` and ``max_consecutive_skips=None`` a fused
+            step with a stateless clipper has none.
+
+    Warns:
+        SkippedStepWarning: see ``warn_every``.
+        UserWarning: once, when float16 gradients are stepped without an enabled GradScaler.
 
     Raises:
         TypeError: for an ``optimizer``, ``clipper`` or ``scaler`` of the wrong type.
         ValueError: for a negative/NaN ``max_norm_skip`` or ``max_consecutive_skips`` < 1, or
-            ``fold=True`` where folding is impossible.
+            ``fold=True`` where folding is impossible, or ``warn_every`` < 1.
 
     Example:
         >>> from traintech.clip import NormClip
@@ -133,8 +153,9 @@ class GuardedStep:
         clipper: Clipper | None = None,
         scaler: torch.amp.GradScaler | None = None,
         max_norm_skip: float | None = None,
-        max_consecutive_skips: int | None = None,
+        max_consecutive_skips: int | None = DEFAULT_MAX_CONSECUTIVE_SKIPS,
         fold: bool | None = None,
+        warn_every: int | None = DEFAULT_WARN_EVERY,
     ) -> None:
         wrapper = outer_wrapper(optimizer)
         optimizer = unwrap_optimizer(optimizer)
@@ -149,6 +170,8 @@ class GuardedStep:
             )
         if scaler is None and wrapper is not None:
             scaler = wrapper_scaler(wrapper)
+        if warn_every is not None:
+            check_positive_int("warn_every", warn_every)
         can_fold = _is_fused(optimizer) and (clipper is None or clipper.scales_uniformly())
         if fold and not can_fold:
             raise ValueError(
@@ -174,6 +197,9 @@ class GuardedStep:
         self.fold = can_fold if fold is None else fold
         # Tensors, not Python ints: a compiled step would specialise (recompile) on an int's value.
         self._calls: Tensor = torch.zeros((), dtype=torch.int64)
+        self.warn_every = warn_every
+        self._warner = SkipWarner(warn_every)
+        self._fp16_warned = False
         self._skipped: Tensor = torch.zeros((), dtype=torch.int64)
         self._consecutive: Tensor = torch.zeros((), dtype=torch.int64)
         self._last_finite: Tensor = torch.full((), -1, dtype=torch.int64)
@@ -214,8 +240,14 @@ class GuardedStep:
         """
         if self.wrapper is not None and not accelerate_sync(self.wrapper):
             zero = torch.zeros(())
-            return StepReport(zero, torch.ones(()), torch.zeros((), dtype=torch.bool), None,
-                              fused=False, synced=False)
+            return StepReport(
+                zero,
+                torch.ones(()),
+                torch.zeros((), dtype=torch.bool),
+                None,
+                fused=False,
+                synced=False,
+            )
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
@@ -223,11 +255,27 @@ class GuardedStep:
                 "the optimizer's parameters have no gradients: call GuardedStep.step() after "
                 "loss.backward()"
             )
+        scaler = self._active_scaler()
+        if scaler is not None and scaler_unscaled(scaler, self.optimizer):
+            raise RuntimeError(
+                "scaler.unscale_(optimizer) was already called this step: GuardedStep unscales "
+                "the gradients itself before it measures them; remove your own "
+                "scaler.unscale_/scaler.step/scaler.update calls"
+            )
+        unscaled_by_caller = getattr(self.optimizer, "grads_unscaled_by_caller", False)
+        if scaler is None and not self._fp16_warned and not unscaled_by_caller:
+            self._fp16_warned = warn_fp16_without_scaler(grads)
         use_fold = self.fold and self._state_ready(params)
-        report = self._fused_step(grads) if use_fold else self._plain_step(grads)
+        host_skip: bool | None = None
+        if use_fold:
+            report = self._fused_step(grads)
+        else:
+            report, host_skip = self._plain_step(grads)
         if self.wrapper is not None:
             mark_step_skipped(self.wrapper, report.skipped)
-        self._count(report)
+        if self.clipper is not None:
+            report = replace(report, clipper=type(self.clipper).__name__)
+        self._count(report, host_skip)
         return report
 
     def _state_ready(self, params: list[Tensor]) -> bool:
@@ -264,7 +312,7 @@ class GuardedStep:
             return self.scaler
         return None
 
-    def _plain_step(self, grads: list[Tensor]) -> StepReport:
+    def _plain_step(self, grads: list[Tensor]) -> tuple[StepReport, bool]:
         scaler = self._active_scaler()
         if scaler is not None:
             scaler.unscale_(self.optimizer)
@@ -309,7 +357,7 @@ class GuardedStep:
         if scaler is not None:
             scaler.update()
         skipped = torch.tensor(skip, device=norm.device)
-        return StepReport(norm=norm, coef=coef, skipped=skipped, clip=result, fused=False)
+        return StepReport(norm=norm, coef=coef, skipped=skipped, clip=result, fused=False), skip
 
     def _fused_step(self, grads: list[Tensor]) -> StepReport:
         scaler = self._active_scaler()
@@ -345,7 +393,13 @@ class GuardedStep:
             scaler.update()
         return StepReport(norm=norm, coef=coef, skipped=bad, clip=result, fused=True)
 
-    def _count(self, report: StepReport) -> None:
+    def _count(self, report: StepReport, skipped: bool | None = None) -> None:
+        """Advance the counters; warn on a skip, raise past ``max_consecutive_skips``.
+
+        ``skipped`` is the verdict already read on the host (the plain path has it), so the
+        limit and the warning cost no second read there; the fused path reads it here, and
+        only when a limit or warnings are on.
+        """
         device = report.skipped.device
         if self._skipped.device != device:
             self._skipped = self._skipped.to(device)
@@ -359,11 +413,25 @@ class GuardedStep:
         self._last_finite = torch.where(finite, self._calls, self._last_finite)
         self._calls = self._calls + 1
         limit = self.max_consecutive_skips
+        if limit is None and self.warn_every is None:
+            return
+        if skipped is None:
+            skipped = bool(report.skipped)
+        if not skipped:
+            return
+        self._note_skip(report, limit)
+
+    def _note_skip(self, report: StepReport, limit: int | None) -> None:
+        # Only on a skipped step: the host reads here never touch the common path.
+        call = int(self._calls) - 1
+        reason = skip_reason(float(report.norm), self.max_norm_skip, report.clip)
+        self._warner.observe(call, True, reason, int(self._skipped))
         if limit is not None and int(self._consecutive) >= limit:
             raise TooManySkippedStepsError(
                 f"{int(self._consecutive)} optimizer steps in a row were skipped "
-                f"(max_consecutive_skips={limit}); last norm {float(report.norm)!r}. Lower the "
-                "learning rate, check the data, or raise max_consecutive_skips."
+                f"(max_consecutive_skips={limit}); the last because {reason}. Fix the cause, "
+                "raise max_consecutive_skips, or pass max_consecutive_skips=None to disable "
+                "the limit."
             )
 
     # ----------------------------------------------------------------------------- state

@@ -9,7 +9,10 @@ from torch import Tensor
 
 from traintech.clip._functional import CLIP_EPS, clip_coefficient
 from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._thresholds import refuse_zero_threshold
 from traintech.clip._validate import check_nonneg, check_norm_type
+
+_ZERO_FIX = "pass max_norm > 0 (e.g. 1.0), or no clipper to train without clipping"
 
 
 class NormClip(Clipper):
@@ -44,6 +47,7 @@ class NormClip(Clipper):
 
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
         self.max_norm = check_nonneg("max_norm", max_norm)
+        refuse_zero_threshold(self.max_norm, "max_norm", "NormClip", _ZERO_FIX)
         self.norm_type = check_norm_type(norm_type)
 
     def __repr__(self) -> str:

@@ -10,7 +10,10 @@ from torch import Tensor
 from traintech.clip._functional import clamp_grads_
 from traintech.clip._norm import ParamsLike, collect_grads
 from traintech.clip._protocol import Clipper, ClipResult
+from traintech.clip._thresholds import refuse_zero_threshold
 from traintech.clip._validate import check_nonneg
+
+_ZERO_FIX = "pass clip_value > 0 (e.g. 1.0), or no clipper to train without clipping"
 
 
 class ValueClip(Clipper):
@@ -47,6 +50,7 @@ class ValueClip(Clipper):
 
     def __init__(self, clip_value: float) -> None:
         self.clip_value = check_nonneg("clip_value", clip_value)
+        refuse_zero_threshold(self.clip_value, "clip_value", "ValueClip", _ZERO_FIX)
 
     def __repr__(self) -> str:
         return f"ValueClip(clip_value={self.clip_value})"

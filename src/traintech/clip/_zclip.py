@@ -71,8 +71,8 @@ class ZClip(AdaptiveClipper):
     Paper: "ZClip: Adaptive Spike Mitigation for LLM Pre-Training",
     https://arxiv.org/abs/2504.02507. On the same norms this clips exactly as the ``zclip``
     package 1.0.0 (its arithmetic is reproduced in float64, bit for bit on CPU; on CUDA
-    ``pow`` may round one ulp differently). Unlike the package: ``max_grad_norm`` defaults to
-    None (purely adaptive), the statistics are tensors on the gradients' device (no host sync),
+    ``pow`` may round one ulp differently), with the package's defaults. Unlike the package:
+    the statistics are tensors on the gradients' device (no host sync),
     they survive :meth:`state_dict`, a non-finite norm never enters them, and ``skip_factor``
     can ask the guarded step to skip the update of a spike (see :mod:`traintech.clip._spike`).
 
@@ -80,7 +80,13 @@ class ZClip(AdaptiveClipper):
         alpha: EMA smoothing factor in (0, 1); larger remembers longer.
         z_thresh: z-score (zscore mode) or number of standard deviations (percentile mode)
             above which a norm is a spike; > 0.
-        max_grad_norm: optional hard cap on the norm, applied at every step, warm-up included.
+        max_grad_norm: hard cap on the norm, applied at every step, warm-up included (the
+            package's default, 1.0). During the warm-up it is the only protection: a run that
+            explodes in its first ``warmup_steps`` steps is held at this norm. Raise it when the
+            healthy gradient norm of your model is well above 1 (check ``result.norm``, or the
+            monitor's ``grad_norm``), otherwise every step is clipped and the learning rate is
+            silently lowered; ``None`` makes the clipper purely adaptive (no protection in the
+            warm-up).
         warmup_steps: number of finite norms collected before the EMAs start; >= 1.
         mode: ``"zscore"`` or ``"percentile"`` (always clip to :math:`\mu + z\sigma`).
         clip_option: in zscore mode, ``"adaptive_scaling"`` or ``"mean"`` (ignored in
@@ -96,7 +102,7 @@ class ZClip(AdaptiveClipper):
     Example:
         >>> import torch
         >>> from traintech.clip import ZClip
-        >>> clipper = ZClip(warmup_steps=3)
+        >>> clipper = ZClip(warmup_steps=3, max_grad_norm=10.0)  # cap above the healthy norm 5
         >>> w = torch.zeros(2, requires_grad=True)
         >>> for g in ([3.0, 4.0], [4.0, 3.0], [0.0, 5.0], [30.0, 40.0]):
         ...     w.grad = torch.tensor(g)
@@ -111,7 +117,7 @@ class ZClip(AdaptiveClipper):
         self,
         alpha: float = 0.97,
         z_thresh: float = 2.5,
-        max_grad_norm: float | None = None,
+        max_grad_norm: float | None = 1.0,
         warmup_steps: int = 25,
         mode: str = "zscore",
         clip_option: str | None = "adaptive_scaling",

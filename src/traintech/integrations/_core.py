@@ -42,6 +42,10 @@ class _HeldStep(torch.optim.Optimizer):
     parameters to measure and a step to (not) take.
     """
 
+    #: The adapter unscales (or the framework did) before the guard measures: GuardedStep's
+    #: "fp16 gradients without a GradScaler" warning does not apply.
+    grads_unscaled_by_caller = True
+
     def __init__(self, params: list[Tensor]) -> None:
         super().__init__(params, {})
 

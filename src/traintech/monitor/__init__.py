@@ -5,7 +5,7 @@ from __future__ import annotations
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import activation_stats
 from traintech.monitor._monitor import Monitor, NonFiniteError
-from traintech.monitor._report import read_log, render_report
+from traintech.monitor._report import read_log, read_runs, render_report
 from traintech.monitor._rollback import Rollback, RollbackGuard
 from traintech.monitor._spikes import SpikeDetector
 
@@ -20,6 +20,7 @@ __all__ = [
     "diagnose",
     "format_findings",
     "read_log",
+    "read_runs",
     "render_report",
 ]
 

@@ -9,11 +9,18 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Severity = Literal["error", "warning", "info"]
 
 #: Growth of the gradient norm (late median / early median) that counts as exploding.
 EXPLODE_GROWTH = 100.0
+#: Rise of the loss (median of the last quarter of the steps, or its last finite value before
+#: it became NaN/Inf, over the first loss) that counts as diverging...
+LOSS_RISE = 4.0
+#: ...when the gradient norm also peaked this far above its first value.
+DIVERGE_NORM_PEAK = 10.0
 #: Per-element gradient RMS of the first weight over the last one that counts as vanishing.
 VANISH_RATIO = 1e-3
 #: Fraction of dead units of a ReLU-family layer that is reported.
@@ -38,16 +45,26 @@ class Finding:
     Attributes:
         rule: the rule's name (``exploding_gradients``, ``vanishing_gradients``, ``dead_units``,
             ``update_ratio_high``, ``update_ratio_low``, ``nonfinite``, ``spikes``,
-            ``clipping_saturated``).
+            ``clipping_saturated``, ``no_data``).
         message: the symptom and the technique to try.
         layers: the parameters or modules concerned, most affected first.
         steps: the first and last step the rule looked at.
+        severity: ``"error"`` (training is broken: non-finite values, divergence, no data),
+            ``"warning"`` (training works badly) or ``"info"``.
+        evidence: the numbers the rule decided on (name -> value), for a reader to check.
     """
 
     rule: str
     message: str
     layers: tuple[str, ...] = field(default_factory=tuple)
     steps: tuple[int, int] | None = None
+    severity: Severity = "warning"
+    evidence: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def advice(self) -> str:
+        """The finding's message: the symptom and what to do about it."""
+        return self.message
 
 
 def _median(values: Sequence[float]) -> float:
@@ -78,36 +95,93 @@ def _weight_params(meta: dict[str, Any]) -> list[str]:
     return out
 
 
-def _exploding(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
-    pts = [(r["step"], v) for r in records if (v := _watched_norm(r)) is not None and v > 0]
-    if len(pts) < 6:
-        return []
-    k = max(2, len(pts) // 10)
-    early, late = _median([v for _, v in pts[:k]]), _median([v for _, v in pts[-k:]])
-    growth = late / early
-    if not growth >= EXPLODE_GROWTH:
-        return []
-    span = pts[-1][0] - pts[0][0]
-    lo, hi = {s for s, _ in pts[:k]}, {s for s, _ in pts[-k:]}
-    layer_growth = []
+def _first(values: Sequence[float]) -> float:
+    return values[0] if values else math.nan
+
+
+def _layer_growth(
+    records: list[dict[str, Any]], meta: dict[str, Any], lo: set[int], hi: set[int],
+    *, peak: bool,
+) -> list[tuple[float, str]]:
+    out = []
     for name in meta.get("params", {}):
         a = [r["grad_norms"][name] for r in records if r["step"] in lo and
              r.get("grad_norms", {}).get(name)]
         b = [r["grad_norms"][name] for r in records if r["step"] in hi and
              r.get("grad_norms", {}).get(name)]
         if a and b and _median(a) > 0:
-            layer_growth.append((_median(b) / _median(a), name))
-    layer_growth.sort(reverse=True)
-    layers = tuple(n for g, n in layer_growth if g >= math.sqrt(EXPLODE_GROWTH))
-    where = f" in layers {_fmt_layers(layers)}" if layers else ""
-    message = (
-        f"gradient norm grew 10^{math.log10(growth):.1f} over {span} steps "
-        f"(median {early:.3g} -> {late:.3g}){where}: exploding gradients. Consider clipping at "
-        f"{2 * early:.3g} (traintech.clip.clip_grad_norm_ / NormClip(max_norm={2 * early:.3g})) "
-        "or adaptive clipping (ZClip, QuantileClip); for RNNs an orthogonal recurrent init, "
-        "and a lower learning rate."
+            out.append(((max(b) if peak else _median(b)) / _median(a), name))
+    out.sort(reverse=True)
+    return out
+
+
+def _exploding(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
+    """Exploding gradients or a diverging loss, visible from the first steps on.
+
+    Two signs, either enough: the gradient norm grew ``EXPLODE_GROWTH``-fold and stayed there
+    (median of the last tenth over the first tenth), or the loss rose ``LOSS_RISE``-fold over
+    its first value (sustained, or up to the point where it became non-finite) while the
+    gradient norm peaked ``DIVERGE_NORM_PEAK``-fold over its first value. No warm-up: three
+    logged steps are enough.
+    """
+    pts = [(r["step"], v) for r in records if (v := _watched_norm(r)) is not None and v > 0]
+    losses = [(r["step"], float(r["loss"])) for r in records if r.get("loss") is not None]
+    if len(pts) < 3:
+        return []
+    k = max(1, len(pts) // 10)
+    early, late = _median([v for _, v in pts[:k]]), _median([v for _, v in pts[-k:]])
+    first_norm, (peak_step, peak) = pts[0][1], max(pts, key=lambda sv: sv[1])
+    growth = late / early
+    loss_rise = math.nan
+    went_nonfinite = any(
+        e["kind"] == "nonfinite" for r in records for e in r.get("events", [])
     )
-    return [Finding("exploding_gradients", message, layers, (pts[0][0], pts[-1][0]))]
+    if len(losses) >= 2 and losses[0][1] > 0:
+        q = max(1, len(losses) // 4)
+        tail = [v for _, v in losses[-q:]]
+        loss_rise = (losses[-1][1] if went_nonfinite else _median(tail)) / losses[0][1]
+    diverging = loss_rise >= LOSS_RISE and peak / first_norm >= DIVERGE_NORM_PEAK
+    if not (growth >= EXPLODE_GROWTH or diverging):
+        return []
+    span = pts[-1][0] - pts[0][0]
+    lo = {s for s, _ in pts[:k]}
+    if growth >= EXPLODE_GROWTH:
+        hi = {s for s, _ in pts[-k:]}
+        how = f"gradient norm grew 10^{math.log10(growth):.1f} over {span} steps (median " \
+            f"{early:.3g} -> {late:.3g})"
+        by_layer = _layer_growth(records, meta, lo, hi, peak=False)
+    else:
+        hi = {s for s, _ in pts}
+        how = (
+            f"gradient norm grew 10^{math.log10(peak / first_norm):.1f} in {peak_step - pts[0][0]} "
+            f"steps ({first_norm:.3g} at step {pts[0][0]} -> {peak:.3g} at step {peak_step})"
+        )
+        by_layer = _layer_growth(records, meta, lo, hi, peak=True)
+    layers = tuple(n for g, n in by_layer if g >= math.sqrt(DIVERGE_NORM_PEAK))
+    where = f" in layers {_fmt_layers(layers)}" if layers else ""
+    rose = ""
+    if loss_rise >= LOSS_RISE:
+        end = "before it became non-finite" if went_nonfinite else "and stayed there"
+        rose = f"; the loss rose {loss_rise:.3g}-fold from {losses[0][1]:.4g} {end}"
+    cap = 2 * min(early, first_norm)
+    clip = (
+        f"clip the gradient norm at about {cap:.3g} (traintech.clip.NormClip(max_norm="
+        f"{cap:.3g}) in a GuardedStep, or ZClip(max_grad_norm={cap:.3g}), which caps from the "
+        "first step); for RNNs an orthogonal recurrent init"
+    )
+    if rose:
+        message = (
+            f"{how}{where}{rose}: exploding gradients, the training diverges. Lower the "
+            f"learning rate (a rising loss means it is too high) and {clip}."
+        )
+    else:
+        message = f"{how}{where}: exploding gradients. Clip: {clip}; or lower the learning rate."
+    evidence = {
+        "first_norm": first_norm, "peak_norm": peak, "peak_step": peak_step,
+        "early_median": early, "late_median": late, "growth": growth, "loss_rise": loss_rise,
+    }
+    return [Finding("exploding_gradients", message, layers, (pts[0][0], pts[-1][0]), "error",
+                    evidence)]
 
 
 def _vanishing(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
@@ -137,7 +211,9 @@ def _vanishing(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Find
         "(LayerNorm/BatchNorm) or residual connections, or a non-saturating activation "
         "(ReLU family instead of sigmoid/tanh)."
     )
-    return [Finding("vanishing_gradients", message, small, (recent[0]["step"], recent[-1]["step"]))]
+    evidence = {"first_rms": rms[present[0]], "last_rms": last, "ratio": ratio}
+    return [Finding("vanishing_gradients", message, small, (recent[0]["step"], recent[-1]["step"]),
+                    "warning", evidence)]
 
 
 def _dead_units(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
@@ -164,7 +240,9 @@ def _dead_units(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Fin
         "(traintech.init.kaiming_normal_) and zero biases, use LeakyReLU/GELU, or lower the "
         "learning rate."
     )
-    return [Finding("dead_units", message, layers, (sampled[0]["step"], sampled[-1]["step"]))]
+    evidence = {"dead_fraction": {n: f for f, n in dead}}
+    return [Finding("dead_units", message, layers, (sampled[0]["step"], sampled[-1]["step"]),
+                    "warning", evidence)]
 
 
 def _update_ratio(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
@@ -188,13 +266,15 @@ def _update_ratio(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[F
             f"{_fmt_layers(layers)}): each step moves the weights by a large fraction; the "
             f"learning rate looks too high, try about x{1e-3 / overall:.2g} (or a warmup)."
         )
-        return [Finding("update_ratio_high", message, layers, steps)]
+        return [Finding("update_ratio_high", message, layers, steps, "warning",
+                        {"median_update_ratio": overall})]
     if overall == 0.0:
         message = (
             "the weights do not change at all (update/weight ratio 0): the gradients are zero "
             "(dead units, a detached graph) or the learning rate is 0."
         )
-        return [Finding("update_ratio_low", message, tuple(sorted(medians)), steps)]
+        return [Finding("update_ratio_low", message, tuple(sorted(medians)), steps, "warning",
+                        {"median_update_ratio": 0.0})]
     if overall < UPDATE_RATIO_LOW:
         layers = tuple(sorted((n for n in medians if medians[n] < UPDATE_RATIO_LOW),
                               key=lambda n: medians[n]))
@@ -204,7 +284,8 @@ def _update_ratio(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[F
             f"low, try about x{1e-3 / overall:.2g}, or check for vanishing "
             "gradients."
         )
-        return [Finding("update_ratio_low", message, layers, steps)]
+        return [Finding("update_ratio_low", message, layers, steps, "warning",
+                        {"median_update_ratio": overall})]
     return []
 
 
@@ -220,7 +301,10 @@ def _nonfinite(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Find
         "float32), lower the learning rate, and guard the step so non-finite updates are "
         "skipped (traintech.clip guarded step)."
     )
-    return [Finding("nonfinite", message, layers, (first["step"], events[-1]["step"]))]
+    evidence = {"nonfinite_steps": len(events), "first_step": first["step"],
+                "phase": first.get("phase")}
+    return [Finding("nonfinite", message, layers, (first["step"], events[-1]["step"]), "error",
+                    evidence)]
 
 
 def _spikes(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
@@ -242,7 +326,8 @@ def _spikes(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding
         "longer warmup or a lower peak learning rate; for spikes that persist, RollbackGuard "
         "rewinds to the last good state and skips the batches."
     )
-    return [Finding("spikes", message, (), (shown[0], shown[-1]))]
+    evidence = {"loss_spikes": len(loss), "grad_spikes": len(grad), "max_z": zmax}
+    return [Finding("spikes", message, (), (shown[0], shown[-1]), "warning", evidence)]
 
 
 def _clipping(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
@@ -254,15 +339,73 @@ def _clipping(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Findi
         return []
     norms = sorted(r["clip"]["norm"] for r in clipped if r["clip"].get("norm") is not None)
     p90 = norms[int(0.9 * (len(norms) - 1))] if norms else math.nan
+    names = [r["clip"].get("clipper") for r in clipped if r["clip"].get("clipper")]
+    clipper = names[-1] if names else None
+    thresholds = [r["clip"]["threshold"] for r in clipped
+                  if r["clip"].get("threshold") is not None]
+    threshold = _median(thresholds) if thresholds else math.nan
     message = (
-        f"clipping scaled the gradients on {frac:.0%} of the steps: the threshold is below the "
-        f"typical norm, which silently lowers the learning rate. Raise it to about {p90:.3g} "
-        "(the 90th percentile of the norms) or use an adaptive threshold (QuantileClip, ZClip)."
+        f"clipping scaled the gradients on {frac:.0%} of the steps (median threshold "
+        f"{threshold:.3g}, 90th percentile of the norms {p90:.3g}): the threshold is below the "
+        f"typical norm, which silently lowers the learning rate. {_clip_fix(clipper, p90)}"
     )
-    return [Finding("clipping_saturated", message, (), (clipped[0]["step"], clipped[-1]["step"]))]
+    evidence = {"clipped_fraction": frac, "threshold": threshold, "norm_p90": p90,
+                "clipper": clipper}
+    return [Finding("clipping_saturated", message, (), (clipped[0]["step"], clipped[-1]["step"]),
+                    "warning", evidence)]
+
+
+def _clip_fix(clipper: str | None, p90: float) -> str:
+    """What to change, for the clipper that is running (never recommend the one in use)."""
+    if clipper == "ZClip":
+        return (
+            f"ZClip's max_grad_norm cap is what clips here: raise it to about {p90:.3g} "
+            "(ZClip(max_grad_norm=...)) or pass max_grad_norm=None to let the z-score rule "
+            "alone decide."
+        )
+    if clipper in ("QuantileClip", "EMAClip"):
+        return (
+            f"{clipper}'s threshold follows the norms but clips most of them: raise its "
+            "quantile/factor, or its max_norm cap if one is set, or use ZClip(max_grad_norm="
+            f"{p90:.3g}) to clip spikes only."
+        )
+    if clipper == "AGC":
+        return "AGC clips most units: raise its clip_factor (e.g. x10)."
+    if clipper == "ValueClip":
+        return (
+            f"raise clip_value, or clip the norm instead (NormClip(max_norm={p90:.3g}) keeps "
+            "the gradient's direction)."
+        )
+    named = f"{clipper}'s " if clipper else ""
+    return (
+        f"Raise {named}threshold to about {p90:.3g} (the 90th percentile of the norms) or use an "
+        "adaptive threshold (ZClip, QuantileClip)."
+    )
 
 
 _RULES = (_nonfinite, _exploding, _vanishing, _dead_units, _update_ratio, _spikes, _clipping)
+
+#: Rules whose advice would point the wrong way when the rule on the left fired: a diverging
+#: run is not helped by a higher learning rate, and small updates whose cause is named
+#: (vanishing gradients, dead units, saturated clipping) need that cause fixed instead.
+_SUPERSEDES = {
+    "exploding_gradients": ("vanishing_gradients", "update_ratio_low"),
+    "nonfinite": ("update_ratio_low",),
+    "vanishing_gradients": ("update_ratio_low",),
+    "dead_units": ("update_ratio_low",),
+    "clipping_saturated": ("update_ratio_low",),
+}
+
+NO_DATA_MESSAGE = (
+    "no training step was logged, so nothing can be said about this run's health: call "
+    "monitor.step(loss=...) after each optimizer.step() (and check the log folder and `every`)."
+)
+
+
+def no_data(where: str = "") -> Finding:
+    """The finding for a run with nothing to diagnose (``where``: e.g. the log's path)."""
+    message = NO_DATA_MESSAGE if not where else f"{where}: {NO_DATA_MESSAGE}"
+    return Finding("no_data", message, (), None, "error", {"records": 0})
 
 
 def diagnose(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
@@ -273,13 +416,38 @@ def diagnose(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[Fi
         meta: the run description (``Monitor.meta``, the JSONL ``meta`` line).
 
     Returns:
-        The findings, most severe rule first; empty when nothing looks wrong.
+        The findings, most severe rule first; empty when nothing looks wrong, and a single
+        ``no_data`` finding when no step was logged (no data is not a healthy run).
     """
     steps = [r for r in records if "step" in r]
+    if not any("loss" in r or "grad_norm" in r or r.get("events") for r in steps):
+        return [no_data()]
     findings: list[Finding] = []
     for rule in _RULES:
         findings += rule(steps, meta)
+    fired = {f.rule for f in findings}
+    dropped = {r for k, rs in _SUPERSEDES.items() if k in fired for r in rs}
+    findings = [f for f in findings if f.rule not in dropped]
+    if fired & {"exploding_gradients", "update_ratio_high"}:
+        findings = [_clipping_holds_back_lr(f) if f.rule == "clipping_saturated" else f
+                    for f in findings]
     return findings
+
+
+def _clipping_holds_back_lr(finding: Finding) -> Finding:
+    """Saturated clipping in a run whose learning rate is too high: keep the clip, lower the LR.
+
+    Raising the threshold would hand the full, too large step back to the optimizer.
+    """
+    ev = finding.evidence
+    message = (
+        f"clipping scaled the gradients on {ev['clipped_fraction']:.0%} of the steps (median "
+        f"threshold {ev['threshold']:.3g}, 90th percentile of the norms {ev['norm_p90']:.3g}), "
+        "and the updates are still large or the gradients explode: the clipping is holding "
+        "back a learning rate that is too high. Keep the threshold and lower the learning "
+        "rate until clipping is rare; do not raise the threshold first."
+    )
+    return replace(finding, message=message, evidence={**ev, "lr_too_high": True})
 
 
 def format_findings(findings: Sequence[Finding]) -> str:

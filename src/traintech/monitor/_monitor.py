@@ -11,14 +11,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech.clip._guarded import StepReport
 from traintech.clip._protocol import ClipResult
 from traintech.clip._unwrap import unwrap_optimizer
+from traintech.monitor._clip_input import (
+    SCALE_MISMATCH,
+    coerce_clip,
+    scaled_clip_ratio,
+    warn_scaled_clip,
+)
 from traintech.monitor._diagnosis import Finding, diagnose, format_findings
 from traintech.monitor._hooks import PASS_THROUGH, ActivationProbe, NonFiniteTracer
 from traintech.monitor._runlog import RunLog
 from traintech.monitor._sink import check_sink, record_metrics
 from traintech.monitor._spikes import SpikeDetector
-from traintech.monitor._updates import UpdateTracker, foreach_norms
+from traintech.monitor._updates import DEFAULT_MAX_NUMEL, UpdateTracker, foreach_norms
 from traintech.monitor._writers import finite_or_none, prepare_log_dir, tensorboard_available
 
 
@@ -72,6 +79,9 @@ class Monitor:
             on the real ``torch.optim.Optimizer``; needed for update-to-weight ratios.
         log_dir: folder for ``monitor.jsonl`` (one line per logged step, flushed at once),
             ``monitor.csv`` and TensorBoard event files; ``None`` keeps everything in memory.
+            A folder that already holds a run gets a new one: ``meta["run"]`` is one past the
+            largest run id in the log and every JSONL line carries ``"run"``; a monitor that
+            :meth:`load_state_dict` resumes keeps writing under the saved run's id.
         every: log every ``every`` optimizer steps (>= 1). Default: 1.
         update_every: sample update ratios every ``update_every`` steps (None: off). Default: 10.
         activation_every: sample activation statistics every ``activation_every`` steps
@@ -94,6 +104,11 @@ class Monitor:
             of :func:`traintech.monitor._sink.record_metrics` (``monitor/loss``,
             ``monitor/clip/coef``, ...), so they reach TensorBoard/W&B through the framework's
             own logger; ready sinks in :mod:`traintech.integrations`. Default: None.
+
+
+        update_max_numel: the most parameter elements copied on one sampled step to measure
+            update ratios (the extra memory of the sampler); a larger model is measured one
+            part at a time, in rotation. Default: ``2**22`` (16 MiB of float32).
 
     Example:
         >>> model = nn.Linear(3, 1)
@@ -130,6 +145,7 @@ class Monitor:
         tensorboard_layers_every: int = 10,
         csv: bool = True,
         sink: Any = None,
+        update_max_numel: int = DEFAULT_MAX_NUMEL,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -141,6 +157,7 @@ class Monitor:
         _check_every("activation_every", activation_every, allow_none=True)
         _check_every("history", history, allow_none=False)
         _check_every("tensorboard_layers_every", tensorboard_layers_every, allow_none=False)
+        _check_every("update_max_numel", update_max_numel, allow_none=False)
         self.loss_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.grad_spikes = SpikeDetector(spike_alpha, spike_z, spike_warmup)
         self.log_dir = None if log_dir is None else prepare_log_dir(log_dir)
@@ -155,12 +172,14 @@ class Monitor:
         self.raise_on_nonfinite = raise_on_nonfinite
         self.tensorboard_layers_every = tensorboard_layers_every
         self.step_count = 0
+        self._scale_warned = False
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.events: deque[dict[str, Any]] = deque(maxlen=history)
 
         self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         leaves = [
-            (n or "<model>", m) for n, m in model.named_modules()
+            (n or "<model>", m)
+            for n, m in model.named_modules()
             if not any(m.children()) and not isinstance(m, PASS_THROUGH)
         ]
         self.meta: dict[str, Any] = {
@@ -178,14 +197,22 @@ class Monitor:
         self._updates: UpdateTracker | None = None
         if optimizer is not None and update_every is not None:
             self._updates = UpdateTracker(
-                optimizer, self._params, lambda: self._sampled(self.step_count, update_every)
+                optimizer,
+                self._params,
+                lambda: self._sampled(self.step_count, update_every),
+                update_max_numel,
             )
 
         self._log: RunLog | None = None
         if self.log_dir is not None:
             self._log = RunLog(
-                self.log_dir, self.meta, [n for n, _ in self._params], [n for n, _ in leaves],
-                csv=csv, tensorboard=tensorboard, layers_every=tensorboard_layers_every,
+                self.log_dir,
+                self.meta,
+                [n for n, _ in self._params],
+                [n for n, _ in leaves],
+                csv=csv,
+                tensorboard=tensorboard,
+                layers_every=tensorboard_layers_every,
                 every=every,
             )
         self._arm(self.step_count)
@@ -202,14 +229,16 @@ class Monitor:
             self._probe.arm()
 
     # -- the step ---------------------------------------------------------------------------
-    def step(self, loss: Tensor | float | None = None, clip: ClipResult | None = None) -> (
-        dict[str, Any] | None
-    ):
+    def step(
+        self, loss: Tensor | float | None = None, clip: ClipResult | StepReport | None = None
+    ) -> dict[str, Any] | None:
         """Record this optimizer step; call it after ``optimizer.step()``.
 
         Args:
             loss: the step's loss (a tensor is read with the other statistics, no extra sync).
-            clip: the :class:`traintech.clip.ClipResult` of this step's clipper, if any.
+            clip: the :class:`traintech.clip.ClipResult` of this step's clipper, or the
+                :class:`traintech.clip.StepReport` that ``GuardedStep.step()`` returned (its
+                clipper's name then reaches the diagnosis).
 
         Returns:
             The logged record (also written to the logs), or ``None`` on a step not logged.
@@ -218,8 +247,7 @@ class Monitor:
             NonFiniteError: with ``raise_on_nonfinite=True``, when the loss or a gradient is
                 NaN/Inf; the message names the module where it started when traced.
         """
-        if clip is not None and not isinstance(clip, ClipResult):
-            raise TypeError(f"clip must be a traintech.clip.ClipResult, got {type(clip).__name__}")
+        clip, clipper = coerce_clip(clip)
         t = self.step_count
         self.step_count += 1
         if not self._logged(t):
@@ -230,6 +258,13 @@ class Monitor:
                 self._check_trace_only(self._tracer, t)
             return None
         record = self._gather(t, loss, clip)
+        if clipper is not None:
+            record["clip"]["clipper"] = clipper
+        elif clip is not None and not self._scale_warned:
+            ratio = scaled_clip_ratio(record)
+            if ratio is not None and ratio >= SCALE_MISMATCH:
+                self._scale_warned = True
+                warn_scaled_clip(ratio)
         self._arm(self.step_count)
         self._finish(record)
         return record
@@ -243,9 +278,9 @@ class Monitor:
             self._finish(record)
         tracer.reset()
 
-    def _gather(self, t: int, loss: Tensor | float | None, clip: ClipResult | None) -> (
-        dict[str, Any]
-    ):
+    def _gather(
+        self, t: int, loss: Tensor | float | None, clip: ClipResult | None
+    ) -> dict[str, Any]:
         with_grad = [
             (n, p.grad) for n, p in self._params if p.grad is not None and not p.grad.is_sparse
         ]
@@ -349,7 +384,11 @@ class Monitor:
         self.events.append(event)
 
     def _nonfinite_event(
-        self, record: dict[str, Any], t: int, trace_vals: list[float], bad_params: list[str],
+        self,
+        record: dict[str, Any],
+        t: int,
+        trace_vals: list[float],
+        bad_params: list[str],
         loss_bad: bool,
     ) -> None:
         origin = self._tracer.origin(trace_vals) if self._tracer is not None else None
@@ -367,7 +406,11 @@ class Monitor:
             message = "the loss is non-finite" + ("" if loss_bad else " (traced)")
         message = f"step {t}: {message}"
         self._event(
-            record, "nonfinite", phase=phase, module=module, message=message,
+            record,
+            "nonfinite",
+            phase=phase,
+            module=module,
+            message=message,
             params=bad_params[:20],
         )
 
@@ -391,7 +434,12 @@ class Monitor:
 
     # -- results -----------------------------------------------------------------------------
     def findings(self) -> list[Finding]:
-        """The diagnosis of the steps in memory, as structured findings."""
+        """The diagnosis of the steps in memory, as structured findings.
+
+        Each :class:`Finding` has ``rule``, ``message`` (also ``advice``), ``severity``,
+        ``evidence``, ``layers`` and ``steps``. Empty for a healthy run; one ``no_data`` finding
+        when no step was logged (no data is not a healthy run).
+        """
         return diagnose(list(self.history), self.meta)
 
     def summary(self) -> str:
@@ -403,6 +451,7 @@ class Monitor:
         return {
             "_version": self._version,
             "step_count": self.step_count,
+            "run": self.meta.get("run"),
             "loss_spikes": self.loss_spikes.state_dict(),
             "grad_spikes": self.grad_spikes.state_dict(),
             "history": [dict(r) for r in self.history],
@@ -429,6 +478,9 @@ class Monitor:
         self.history.extend(dict(r) for r in state_dict["history"])
         self.events.clear()
         self.events.extend(dict(e) for e in state_dict["events"])
+        run = state_dict.get("run")
+        if self._log is not None and isinstance(run, int) and not isinstance(run, bool):
+            self._log.continue_run(run)  # a resumed run keeps its id in the log
         self._probe.disarm()
         self._arm(self.step_count)
 

@@ -13,22 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from traintech.monitor._diagnosis import diagnose, format_findings
+from traintech.monitor._runs import merge_meta, run_of
 from traintech.monitor._writers import JSONL_NAME
 
 _INSTALL = "pip install 'traintech[monitor]'"
 
 
-def read_log(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Read a monitor JSONL log: the merged ``meta`` lines and the step records, in order.
+def read_runs(path: str | Path) -> dict[int, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Read every run of a monitor JSONL log: ``{run id: (meta, records)}``, in file order.
 
-    A line that is not valid JSON (e.g. truncated by a crash) is skipped with a
-    ``UserWarning`` naming the file and line; the rest is read.
+    Each line carries the id of its run (a log written before run ids existed is one run, id
+    1). A line that is not valid JSON (e.g. truncated by a crash) is skipped with a
+    ``UserWarning`` naming the file and line; the rest is read. A run whose ``meta`` line has
+    no step after it is kept, with no records.
 
     Args:
         path: the ``monitor.jsonl`` file, or the folder holding it.
-
-    Returns:
-        ``(meta, records)``.
 
     Raises:
         FileNotFoundError: when there is no log at ``path``.
@@ -38,8 +38,8 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         file = file / JSONL_NAME
     if not file.is_file():
         raise FileNotFoundError(f"no monitor log at {str(file)!r} (expected {JSONL_NAME})")
-    meta: dict[str, Any] = {}
-    records: list[dict[str, Any]] = []
+    runs: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    current = 1
     with open(file, encoding="utf-8", errors="replace") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -56,15 +56,39 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             if not isinstance(obj, dict):
                 warnings.warn(f"{file}:{number}: skipped a line that is not an object",
                               UserWarning, stacklevel=2)
-            elif "meta" in obj:
-                for key, value in obj["meta"].items():
-                    if isinstance(value, dict):
-                        meta.setdefault(key, {}).update(value)
-                    else:
-                        meta[key] = value
+                continue
+            current = run_of(obj, current)
+            meta, records = runs.setdefault(current, ({}, []))
+            if "meta" in obj and isinstance(obj["meta"], dict):
+                merge_meta(meta, obj["meta"])
             elif isinstance(obj.get("step"), int):
-                records.append(obj)
-    return meta, records
+                records.append({k: v for k, v in obj.items() if k != "run"})
+    return runs
+
+
+def read_log(
+    path: str | Path, run: int | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read one run of a monitor JSONL log: its merged ``meta`` lines and its step records.
+
+    Args:
+        path: the ``monitor.jsonl`` file, or the folder holding it.
+        run: the run id (see :func:`read_runs`); None: the last run in the log.
+
+    Returns:
+        ``(meta, records)``; ``({}, [])`` for a log with no readable line.
+
+    Raises:
+        FileNotFoundError: when there is no log at ``path``.
+        ValueError: when ``run`` is not a run of the log (the message lists them).
+    """
+    runs = read_runs(path)
+    if run is None:
+        return runs[max(runs)] if runs else ({}, [])
+    if run not in runs:
+        raise ValueError(f"run={run!r} is not in the log at {str(path)!r}; its runs: "
+                         f"{sorted(runs) or 'none'}")
+    return runs[run]
 
 
 def _figure(height: float = 3.2) -> Any:
@@ -208,26 +232,56 @@ _CAPTIONS = {
 }
 
 
-def render_report(run_dir: str | Path, out: str | Path | None = None) -> int:
+def render_report(
+    run_dir: str | Path, out: str | Path | None = None, run: int | None = None
+) -> int:
     """Render the monitor log of ``run_dir`` as a self-contained HTML page.
 
     The page holds the diagnosis, the events, and plots embedded as base64 PNGs: gradient
     norm (log scale) with clip events, loss with spikes, per-layer gradient norms and update
-    ratios as heat maps, and activation statistics. Corrupt log lines are skipped with a
-    warning.
+    ratios as heat maps, and activation statistics. Corrupt log lines are skipped (one line on
+    stderr says how many). A log that holds several runs (a monitor opened again on the same
+    folder) gets the plots of one run (``run``, default the last) and a table of every run with
+    its own diagnosis.
 
     Args:
         run_dir: the folder given to ``Monitor(log_dir=...)`` (or its ``monitor.jsonl``).
         out: the HTML file to write. Default: ``run_dir/report.html``.
+        run: the run to plot; None: the last one.
 
     Returns:
-        The exit status: 0 when the page was written, 1 when the log is missing or
-        matplotlib is not installed (the reason is printed to stderr).
+        The exit status: 0 when the page was written; 1, with a one-line reason on stderr,
+        when the log is missing, holds no step (empty, or every line corrupt), ``run`` is not
+        in it, or matplotlib is not installed.
     """
-    try:
-        meta, records = read_log(run_dir)
-    except FileNotFoundError as err:
-        print(f"traintech report: {err}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            runs = read_runs(run_dir)
+        except FileNotFoundError as err:
+            print(f"traintech report: no data: {err}", file=sys.stderr)
+            return 1
+    corrupt = [w for w in caught if issubclass(w.category, UserWarning)]
+    if corrupt:
+        print(f"traintech report: skipped {len(corrupt)} corrupt line(s), the first: "
+              f"{corrupt[0].message}", file=sys.stderr)
+    with_data = {k: v for k, v in runs.items() if v[1]}
+    if not with_data:
+        why = f"all {len(corrupt)} line(s) are corrupt" if corrupt else "it holds no logged step"
+        print(f"traintech report: no data: the monitor log in {str(run_dir)!r} cannot be "
+              f"reported, {why} (call monitor.step() after each optimizer.step())",
+              file=sys.stderr)
+        return 1
+    if run is None:
+        run = max(with_data)
+    elif run not in runs:
+        print(f"traintech report: --run {run} is not in {str(run_dir)!r}; its runs: "
+              f"{', '.join(str(k) for k in sorted(with_data))}", file=sys.stderr)
+        return 1
+    meta, records = runs[run]
+    if not records:
+        print(f"traintech report: no data: run {run} of {str(run_dir)!r} logged no step",
+              file=sys.stderr)
         return 1
     base = Path(run_dir)
     target = Path(out) if out is not None else (base if base.is_dir() else base.parent) / (
@@ -249,15 +303,20 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> int:
         print(f"traintech report: {err}", file=sys.stderr)
         return 1
     diagnosis = format_findings(diagnose(records, meta))
-    page = _html(meta, records, diagnosis, images)
+    others = {
+        k: format_findings(diagnose(r, m)) for k, (m, r) in with_data.items()
+    } if len(with_data) > 1 else {}
+    page = _html(meta, records, diagnosis, images, run, others)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
-    print(f"traintech report: wrote {target}")
+    shown = f" (run {run} of {len(with_data)}; pick one with --run)" if others else ""
+    print(f"traintech report: wrote {target}{shown}")
     return 0
 
 
 def _html(meta: dict[str, Any], records: list[dict[str, Any]], diagnosis: str,
-          images: list[tuple[str, str | None, str]]) -> str:
+          images: list[tuple[str, str | None, str]], run: int = 1,
+          runs: dict[int, str] | None = None) -> str:
     esc = html.escape
     steps = f"steps {records[0]['step']}-{records[-1]['step']}" if records else "no steps logged"
     events = [e for r in records for e in r.get("events", [])]
@@ -275,6 +334,12 @@ def _html(meta: dict[str, Any], records: list[dict[str, Any]], diagnosis: str,
         "<h2>Diagnosis</h2>",
         f"<pre id='diagnosis'>{esc(diagnosis)}</pre>",
     ]
+    if runs:
+        parts.append(f"<h2>Runs in this log ({len(runs)}; plots below: run {run})</h2>")
+        parts.append("<table id='runs'><tr><th>run</th><th>diagnosis</th></tr>")
+        for k, text in runs.items():
+            parts.append(f"<tr><td>{k}</td><td><pre>{esc(text)}</pre></td></tr>")
+        parts.append("</table>")
     for title, image, caption in images:
         if image is None:
             continue

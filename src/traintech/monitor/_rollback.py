@@ -52,6 +52,7 @@ class _Snapshot:
     scheduler: dict[str, Any] | None
     clipper: dict[str, Any] | None
     detector: dict[str, Any]
+    scaler: dict[str, Any] | None = None
 
 
 class RollbackGuard:
@@ -61,9 +62,9 @@ class RollbackGuard:
     skipping the batches that caused it (PaLM, Chowdhery et al. 2022,
     https://arxiv.org/abs/2204.02311, Sec. 5.1). This guard does it in memory: every
     ``every`` steps without a spike it keeps a deep copy of the ``state_dict`` of the model,
-    optimizer, scheduler and clipper (at most ``keep`` of them). A loss :math:`x_t` is a spike
-    when its z-score against the EMA of past losses exceeds the detector's threshold
-    (:class:`SpikeDetector`):
+    optimizer, scheduler, clipper and AMP ``GradScaler`` (at most ``keep`` of them). A loss
+    :math:`x_t` is a spike when its z-score against the EMA of past losses exceeds the
+    detector's threshold (:class:`SpikeDetector`):
 
     .. math::
         z_t = \frac{x_t - \mu_{t-1}}{\sigma_{t-1}} > z_{thresh}
@@ -94,6 +95,10 @@ class RollbackGuard:
         max_rollbacks: raise ``RuntimeError`` at the rollback after this many. Default: 10.
         detector: the loss spike detector. Default: ``SpikeDetector()``.
         monitor: a :class:`Monitor` (or anything with ``log_event``) to log rollbacks to.
+        scaler: the ``torch.amp.GradScaler`` of an fp16 run, or None. Its scale and growth
+            tracker are snapshotted and restored with the rest: a spike that made the scaler
+            back off is undone with it, and a restored run does not keep a scale from the
+            future of its weights.
 
     Example:
         >>> model = nn.Linear(2, 1)
@@ -119,6 +124,7 @@ class RollbackGuard:
         max_rollbacks: int = 10,
         detector: SpikeDetector | None = None,
         monitor: _EventSink | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -132,6 +138,10 @@ class RollbackGuard:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < 1:
                 raise ValueError(f"{name} ({value}) must be an int >= 1")
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(
+                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
+            )
         if lr_factor is not None and not 0.0 < lr_factor <= 1.0:
             raise ValueError(f"lr_factor ({lr_factor}) must lie in (0, 1], or be None")
         for name, obj in (("scheduler", scheduler), ("clipper", clipper)):
@@ -146,6 +156,7 @@ class RollbackGuard:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.clipper = clipper
+        self.scaler = scaler
         self.every = every
         self.patience = patience
         self.lr_factor = lr_factor
@@ -171,6 +182,7 @@ class RollbackGuard:
                 None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict()),
                 None if self.clipper is None else copy.deepcopy(self.clipper.state_dict()),
                 self.detector.state_dict(),
+                None if self.scaler is None else copy.deepcopy(self.scaler.state_dict()),
             )
         )
 
@@ -214,6 +226,8 @@ class RollbackGuard:
             self.scheduler.load_state_dict(copy.deepcopy(snap.scheduler))
         if self.clipper is not None and snap.clipper is not None:
             self.clipper.load_state_dict(copy.deepcopy(snap.clipper))
+        if self.scaler is not None and snap.scaler:
+            self.scaler.load_state_dict(copy.deepcopy(snap.scaler))
         self.detector.load_state_dict(snap.detector)
         if self.lr_factor is not None and self._alert == 0:
             self.lr_scale *= self.lr_factor

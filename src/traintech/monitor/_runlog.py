@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from traintech.monitor._runs import next_run_id
 from traintech.monitor._writers import (
     CSV_NAME,
     JSONL_NAME,
@@ -59,6 +60,11 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
 class RunLog:
     """Write a run's ``meta`` line, then each record, to every enabled file (flushed at once).
 
+    A folder that already holds a log gets a new run: ``meta["run"]`` is set to one past the
+    largest run id in ``monitor.jsonl`` and every JSONL line of this run carries ``"run"``.
+    The ``meta`` line is written with the first record (a run that logs nothing leaves no
+    trace), so :meth:`continue_run` can still put a resumed run back under its old id.
+
     Args:
         log_dir: a folder checked writable by :func:`prepare_log_dir`.
         meta: the run description written as the first JSONL line.
@@ -84,17 +90,33 @@ class RunLog:
     ) -> None:
         self.layers_every = layers_every
         self.every = every
+        self.meta = meta
+        meta["run"] = next_run_id(log_dir / JSONL_NAME)
+        self._meta_written = False
         self._jsonl: JsonlWriter | None = JsonlWriter(log_dir / JSONL_NAME)
-        self._jsonl.write({"meta": meta})
         self._csv = CsvWriter(log_dir / CSV_NAME, csv_columns(params, modules)) if csv else None
         if tensorboard is None:
             tensorboard = tensorboard_available()
         self._tb = TensorBoardWriter(log_dir) if tensorboard else None
 
+    @property
+    def run(self) -> int:
+        """This run's id in the log."""
+        return int(self.meta["run"])
+
+    def continue_run(self, run: int) -> None:
+        """Write the following lines under run id ``run`` (a resumed run keeps its id)."""
+        if run != self.meta["run"]:
+            self.meta["run"] = run
+            self._meta_written = False
+
     def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` to each file."""
+        """Append ``record`` to each file (the JSONL line with this run's id)."""
         if self._jsonl is not None:
-            self._jsonl.write(record)
+            if not self._meta_written:
+                self._jsonl.write({"meta": self.meta, "run": self.meta["run"]})
+                self._meta_written = True
+            self._jsonl.write({**record, "run": self.meta["run"]})
         if self._csv is None and self._tb is None:
             return
         row = flatten(record)
