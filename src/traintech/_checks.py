@@ -125,3 +125,16 @@ def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_norm_type(value: Any, name: str = "norm_type") -> float:
+    """``value`` as a float after checking it is a p-norm order in ``(0, inf]``.
+
+    Raises:
+        TypeError: if ``value`` is not a real number (a string such as ``"inf"`` too).
+        ValueError: if ``value`` is NaN or <= 0.
+    """
+    out = _real(value, name, "a real number (e.g. 2.0, or math.inf for the max-norm)")
+    if math.isnan(out) or out <= 0:
+        raise ValueError(f"{name} must be > 0 (or math.inf), got {value!r}")
+    return out

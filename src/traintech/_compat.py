@@ -116,3 +116,31 @@ def scaler_scale(scaler: torch.amp.GradScaler) -> Tensor:
         # First use of a lazily initialised scaler: scale() has not run yet.
         return torch.tensor(scaler.get_scale(), dtype=torch.float32)
     return scale.reshape(())
+
+
+def state_dtype(device: torch.device | str) -> torch.dtype:
+    """float64, or float32 on devices without float64 (MPS): the dtype of accurate state.
+
+    Adaptive clippers keep their statistics, and the norm its partial sums, in this dtype.
+    """
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def fsdp1_flat_param_type() -> type | None:
+    """FSDP1's ``FlatParameter`` class, or None when FSDP was never imported (never imports it).
+
+    A ``FullyShardedDataParallel`` (v1) model exposes its parameters as flat parameters whose
+    ``.grad`` is this rank's shard only.
+    """
+    import sys
+
+    module = sys.modules.get("torch.distributed.fsdp._flat_param")
+    return getattr(module, "FlatParameter", None) if module is not None else None
+
+
+def fsdp1_module_type() -> type | None:
+    """``torch.distributed.fsdp.FullyShardedDataParallel`` (v1), or None if never imported."""
+    import sys
+
+    module = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
+    return getattr(module, "FullyShardedDataParallel", None) if module is not None else None

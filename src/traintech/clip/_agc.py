@@ -10,14 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_nonneg, check_positive
 from traintech._compat import foreach_mul_, foreach_norm
+from traintech._constants import NORM_EPS
 from traintech._distributed import any_dtensor
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
-from traintech.clip._spike import check_interval, check_positive
-
-#: Floor of a unit's gradient norm in the division, as in timm's ``adaptive_clip_grad``.
-GRAD_NORM_FLOOR = 1e-6
 
 NamedParamsLike = nn.Module | Tensor | Iterable[Tensor] | Iterable[tuple[str, Tensor]]
 
@@ -71,7 +69,7 @@ def adaptive_clip_grad_(
         g_norm = torch.stack(foreach_norm(g_list))
         max_norm = torch.stack(foreach_norm([weights[i] for i in members]))
         max_norm = max_norm.clamp_(min=eps).mul_(clip_factor)
-        ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
+        ratio = max_norm / g_norm.clamp(min=NORM_EPS)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
         if not _untouched(coef):
             foreach_mul_(g_list, list(coef.unbind()))
@@ -82,7 +80,7 @@ def adaptive_clip_grad_(
         dtype = _reduce_dtype(g)
         g_norm = _unit_norms(g, dtype)
         max_norm = _unit_norms(weights[i], dtype).clamp_(min=eps).mul_(clip_factor)
-        ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
+        ratio = max_norm / g_norm.clamp(min=NORM_EPS)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
         if not _untouched(coef):
             g.mul_(coef.to(g.dtype) if dtype is not None else coef)
@@ -158,8 +156,8 @@ class AGC(Clipper):
         parameters: NamedParamsLike | None = None,
     ) -> None:
         """Validate the settings; bind ``parameters`` for use inside a guarded step."""
-        self.clip_factor = check_positive("clip_factor", clip_factor)
-        self.eps = check_interval("eps", eps, 0.0, math.inf, "[)")
+        self.clip_factor = check_positive(clip_factor, "clip_factor")
+        self.eps = check_nonneg(eps, "eps", allow_inf=False)
         if isinstance(exclude, str):
             exclude = (exclude,)
         patterns = tuple(exclude)

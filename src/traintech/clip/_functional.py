@@ -19,11 +19,9 @@ from traintech._compat import (
     foreach_mul_,
     group_by_device_dtype,
 )
-from traintech._distributed import local_tensors
+from traintech._constants import NORM_EPS
+from traintech._distributed import local_tensors, refuse_fsdp1
 from traintech.clip._norm import ParamsLike, as_tensor_list, total_norm
-
-#: Added to the norm in the clip coefficient, as in torch.
-CLIP_EPS = 1e-6
 
 #: Tensors above this many elements are clamped with one ``clamp_`` pass instead of two foreach
 #: passes (``clamp_min_`` then ``clamp_max_``) on CPU.
@@ -33,6 +31,7 @@ _LARGE = 1 << 16
 def _params_list(parameters: ParamsLike) -> list[Tensor]:
     is_generator = isinstance(parameters, types.GeneratorType)
     params = as_tensor_list(parameters)
+    refuse_fsdp1(params)
     if is_generator and len(params) == 0:
         warnings.warn(
             "`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3
@@ -52,12 +51,27 @@ def _use_foreach(foreach: bool | None, device: torch.device, grads: list[Tensor]
     return bool(foreach)
 
 
-def clip_coefficient(total: Tensor, max_norm: float | Tensor, eps: float = CLIP_EPS) -> Tensor:
+def clip_coefficient(total: Tensor, max_norm: float | Tensor, eps: float = NORM_EPS) -> Tensor:
     r"""The clip coefficient :math:`\min(1, \tau / (\|g\| + \epsilon))` as a 0-dim tensor.
 
-    Computed on the norm's device with a clamp instead of a branch, so it never syncs the host.
+    Computed on the norm's device with a clamp instead of a branch, and with ``max_norm`` as a
+    Python number (no host-to-device copy), so it never syncs the host.
     """
     return torch.clamp(max_norm / (total + eps), max=1.0)
+
+
+def coef_for(coef: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``coef`` moved to ``device``; off the CPU also cast to the gradients' ``dtype``.
+
+    CUDA's ``_foreach_mul_`` with a 0-dim tensor takes its fast (one launch per chunk of tensors)
+    path only when the scalar has the tensors' dtype; torch's own ``clip_grad_norm_`` multiplies
+    fp16/bf16 gradients by a coefficient of their dtype too. On CPU there is no such fast path and
+    the float32/float64 coefficient is kept: it is more precise (an fp16 coefficient below 6.1e-5
+    is subnormal).
+    """
+    if device.type == "cpu":
+        return coef.to(device)
+    return coef.to(device=device, dtype=dtype)
 
 
 @torch.no_grad()
@@ -65,7 +79,9 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
     """Multiply every tensor in ``grads`` by the 0-dim ``coef`` in place, grouped by device/dtype.
 
     On CPU the multiply is skipped when ``coef`` is exactly 1 (reading a CPU scalar is free; on an
-    accelerator the multiply always runs, so there is no host sync). DTensor gradients are
+    accelerator the multiply always runs, so there is no host sync). Each (device, dtype) group
+    off the CPU is multiplied by ``coef`` cast to that group's dtype (:func:`coef_for`), so
+    CUDA's multi-tensor kernel stays on its fast path for fp16/bf16. DTensor gradients are
     scaled through their local shards.
     """
     if not grads:
@@ -77,10 +93,10 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
         and not torch.compiler.is_compiling()  # no host read inside a compiled graph
         and coef.item() == 1.0
     )
-    for (device, _), group in group_by_device_dtype(grads).items():
+    for (device, dtype), group in group_by_device_dtype(grads).items():
         if is_one and device.type == "cpu":
             continue
-        coef_dev = coef.to(device)
+        coef_dev = coef_for(coef, device, dtype)
         if _use_foreach(foreach, device, group):
             foreach_mul_(group, coef_dev)
         else:

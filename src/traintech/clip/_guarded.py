@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._checks import check_nonneg, check_positive_int
 from traintech._compat import record_scaler_found_inf, scaler_scale
 from traintech._distributed import all_ranks_any
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
-from traintech.clip._validate import check_nonneg, check_positive_int
 
 
 class TooManySkippedStepsError(RuntimeError):
@@ -139,12 +139,12 @@ class GuardedStep:
                 clipper.bind([p for g in optimizer.param_groups for p in g["params"]])  # type: ignore[attr-defined]
         self.scaler = scaler
         self.max_norm_skip = (
-            None if max_norm_skip is None else check_nonneg("max_norm_skip", max_norm_skip)
+            None if max_norm_skip is None else check_nonneg(max_norm_skip, "max_norm_skip")
         )
         self.max_consecutive_skips = (
             None
             if max_consecutive_skips is None
-            else check_positive_int("max_consecutive_skips", max_consecutive_skips)
+            else check_positive_int(max_consecutive_skips, "max_consecutive_skips")
         )
         self.fold = can_fold if fold is None else fold
         self._calls = 0

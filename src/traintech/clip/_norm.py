@@ -1,11 +1,21 @@
 r"""Gradient collection and total-norm computation shared by every clipper.
 
-The total norm is computed in two stages, kept apart on purpose:
+Every norm in :mod:`traintech.clip` (the functional clip, the clippers, per-layer clipping, the
+guarded step) follows one straight path, in three stages kept apart on purpose:
 
-1. :func:`partial_power_sums` reduces each (device, dtype) group of gradients to one float64
-   number: :math:`\sum |g|^p` for finite ``p > 0``, :math:`\max |g|` for ``p = inf``.
-2. :func:`combine_partials` adds (or maxes) those partials and takes the root. This is the single
-   seam where a distributed implementation inserts its cross-process all-reduce.
+1. **Local partials.** :func:`partial_power_sums` reduces each (device, dtype) group of the
+   gradients this process holds to one float64 number: :math:`\sum |g|^p` for finite ``p > 0``,
+   :math:`\max |g|` for ``p = inf``. DTensor gradients (FSDP2, tensor parallel) contribute their
+   local shards, grouped by the process groups they are sharded over
+   (:func:`traintech.clip._sharded.split_by_reduce_key`).
+2. **The reduction seam.** :func:`combine_partial_sets` adds (or maxes) the partials of each key
+   and all-reduces them across processes, one packed collective per process group for the whole
+   call (:func:`traintech._distributed.all_reduce_packed`; nothing happens for plain tensors).
+   This is the only place where partial results of different processes meet.
+3. **The root** :math:`(\sum_k s_k)^{1/p}`, cast to the result dtype.
+
+Imports point one way: this module imports :mod:`traintech.clip._sharded` and
+:mod:`traintech._distributed`, never the clippers.
 
 Accuracy: on CPU each tensor is viewed as rows of :data:`ROW` elements; each row is reduced in
 float32 by one ``vector_norm(..., dim=1)`` call, and the row results are summed in float64. The
@@ -22,7 +32,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from traintech._compat import flatten_dense, foreach_norm, group_by_device_dtype
+from traintech._compat import flatten_dense, foreach_norm, group_by_device_dtype, state_dtype
+from traintech._distributed import ReduceKey, all_reduce_packed, any_dtensor, refuse_fsdp1
+from traintech.clip._sharded import split_by_reduce_key
 
 ParamsLike = Tensor | Iterable[Tensor]
 
@@ -36,8 +48,13 @@ DOT_CHUNK = 1 << 18
 #: fp16/bf16 gradients are widened to float32 this many elements at a time (fits in L2).
 CHUNK = 1 << 17
 
-#: Tensors below this many elements are concatenated before the CPU reduction (one call, not n).
+#: fp16/bf16 tensors below this many elements are concatenated before the CPU reduction.
 _SMALL = 1 << 12
+
+#: float32/float64 tensors up to this many elements get their norms from one multi-tensor call
+#: (``_foreach_norm``; the relative error of one such float32 reduction is ~1e-7 at this length),
+#: then are combined in float64.
+_FOREACH_MAX = 1 << 15
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -75,8 +92,12 @@ def collect_grads(parameters: ParamsLike) -> list[Tensor]:
 
     Raises:
         TypeError: if an element of ``parameters`` is not a tensor.
+        ValueError: if a parameter is an FSDP1 ``FlatParameter`` (its gradient is this rank's
+            shard only; see :func:`traintech._distributed.refuse_fsdp1`).
     """
-    return [p.grad for p in as_tensor_list(parameters) if p.grad is not None]
+    params = as_tensor_list(parameters)
+    refuse_fsdp1(params)
+    return [p.grad for p in params if p.grad is not None]
 
 
 def is_inf_norm(norm_type: float) -> bool:
@@ -96,9 +117,7 @@ def result_dtype(grads: list[Tensor]) -> torch.dtype:
 
 
 def _acc_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    if dtype == torch.float64 and device.type != "mps":
-        return torch.float64
-    return torch.float32
+    return torch.float64 if dtype == torch.float64 else state_dtype(device)
 
 
 def _row_norms(flat: Tensor, norm_type: float, acc: torch.dtype) -> list[Tensor]:
@@ -161,21 +180,30 @@ def _cpu_group_partial(grads: list[Tensor], norm_type: float, exact: bool = Fals
         return torch.stack(maxima).max() if maxima else torch.zeros((), dtype=torch.float64)
     parts: list[Tensor] = []
     small: list[Tensor] = []
-    plain_dtype = grads[0].dtype in _FLOATS  # one dtype per group
+    few: list[Tensor] = []  # float32/float64 tensors up to _FOREACH_MAX elements
+    dtype = grads[0].dtype  # one dtype per group
+    plain_dtype = dtype in _FLOATS
+    wide_ok = not exact and dtype in (torch.float32, torch.float64)
     for g in grads:
         if plain_dtype and g.layout == torch.strided and g.is_contiguous():
-            if g.numel() < _SMALL:
+            n = g.numel()
+            if wide_ok and n <= _FOREACH_MAX:
+                few.append(g)
+            elif n < _SMALL:
                 small.append(g)
             else:
                 parts.append(_cpu_powsum(g.view(-1), norm_type, exact))
         else:  # complex, sparse, strided views: torch's own reduction
             norm = torch.linalg.vector_norm(g, norm_type)
             parts.append(norm.double().pow(norm_type))
+    if few:
+        norms = torch.stack(foreach_norm(few, norm_type)).double()
+        parts.append(norms.square().sum() if norm_type == 2.0 else norms.pow(norm_type).sum())
     if small:
         parts.append(_cpu_powsum(flatten_dense(small), norm_type, exact))
     if not parts:
         return torch.zeros((), dtype=torch.float64)
-    return torch.stack(parts).sum()
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
 
 def _device_group_partial(grads: list[Tensor], norm_type: float, device: torch.device) -> Tensor:
@@ -192,10 +220,11 @@ def _device_group_partial(grads: list[Tensor], norm_type: float, device: torch.d
 
 
 def partial_power_sums(grads: list[Tensor], norm_type: float) -> list[Tensor]:
-    r"""Per-(device, dtype) partial reductions of ``grads`` for a ``norm_type`` in ``(0, inf]``.
+    r"""Stage 1: per-(device, dtype) partial reductions of local ``grads``, ``p`` in ``(0, inf]``.
 
-    Each entry is a 0-dim tensor on its group's device: :math:`\sum |g|^p` (float64 on CPU and
-    CUDA), or :math:`\max |g|` for ``p = inf``.
+    Each entry is a 0-dim tensor on its group's device: :math:`\sum |g|^p` (float64, float32 on
+    devices without float64), or :math:`\max |g|` for ``p = inf``. ``grads`` are plain (local)
+    tensors.
     """
     partials = []
     for (device, _), group in group_by_device_dtype(grads).items():
@@ -211,32 +240,113 @@ def partial_power_sums(grads: list[Tensor], norm_type: float) -> list[Tensor]:
     return partials
 
 
-def combine_partials(
-    partials: list[Tensor], norm_type: float, device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    r"""Combine per-group partials into the total norm on ``device``, in ``dtype``.
+def _fold(values: list[Tensor], inf: bool, device: torch.device, acc: torch.dtype) -> Tensor:
+    """Add (max for ``inf``) 0-dim partials on ``device`` in ``acc``."""
+    moved = torch.stack([v.to(device=device, dtype=acc) for v in values])
+    return moved.max() if inf else moved.sum()
+
+
+def combine_partial_sets(
+    sets: list[tuple[list[Tensor], list[ReduceKey]]],
+    norm_type: float,
+    devices: list[torch.device],
+    dtypes: list[torch.dtype],
+) -> list[Tensor]:
+    r"""Stages 2 and 3: reduce each set of partials across processes and take the root.
 
     .. math::
-        \|g\|_p = \Big(\sum_k s_k\Big)^{1/p}, \qquad \|g\|_\infty = \max_k m_k
+        \|g\|_p = \Big(\sum_{\text{ranks}} \sum_k s_k\Big)^{1/p}, \qquad
+        \|g\|_\infty = \max_{\text{ranks}} \max_k m_k
 
-    where :math:`s_k` are partial power sums and :math:`m_k` partial maxima.
-
-    DISTRIBUTED SEAM: this is the one place where partial results meet. A data-parallel or sharded
-    (DDP / FSDP2 with DTensor gradients) implementation all-reduces ``total`` here, with SUM for
-    finite ``p`` and MAX for ``inf``, *before* the root is taken; nothing else in traintech.clip
-    needs to change.
+    THE DISTRIBUTED SEAM. Set ``i`` holds partials (stage 1 results) and, for each, the process
+    groups it must be reduced over (``()``: none). Within a set, the partials of one key are added
+    (or maxed); those values, from every set, are all-reduced in one packed collective per
+    process group (SUM for finite ``p``, MAX for ``inf``, a NaN on any rank reaching every rank);
+    then each set's values are added (maxed) on ``devices[i]`` and rooted, in ``dtypes[i]``.
+    Every rank must call it with the same keys in the same order. An empty set gives 0.
     """
-    if not partials:
-        return torch.zeros((), dtype=dtype, device=device)
-    acc = partials[0].dtype if device.type == "mps" else torch.float64
-    moved = torch.stack([p.to(device=device, dtype=acc) for p in partials])
-    if is_inf_norm(norm_type):
-        total = moved.max()
-        # <- all_reduce(total, op=MAX) goes here
-        return total.to(dtype)
-    total = moved.sum()
-    # <- all_reduce(total, op=SUM) goes here
-    return total.pow(1.0 / norm_type).to(dtype)
+    inf = is_inf_norm(norm_type)
+    values: list[Tensor] = []
+    keys: list[ReduceKey] = []
+    owners: list[int] = []
+    for index, (partials, partial_keys) in enumerate(sets):
+        device = devices[index]
+        acc = partials[0].dtype if partials and device.type == "mps" else torch.float64
+        by_key: dict[ReduceKey, list[Tensor]] = {}
+        for partial, key in zip(partials, partial_keys, strict=True):
+            by_key.setdefault(key, []).append(partial)
+        for key, members in by_key.items():
+            values.append(_fold(members, inf, device, acc))
+            keys.append(key)
+            owners.append(index)
+    reduced = all_reduce_packed(values, keys, "max" if inf else "sum")
+    out = []
+    for index, device in enumerate(devices):
+        mine = [v for v, owner in zip(reduced, owners, strict=True) if owner == index]
+        if not mine:
+            out.append(torch.zeros((), dtype=dtypes[index], device=device))
+            continue
+        total = mine[0] if len(mine) == 1 else _fold(mine, inf, device, mine[0].dtype)
+        out.append((total if inf else total.pow(1.0 / norm_type)).to(dtypes[index]))
+    return out
+
+
+def combine_partials(
+    partials: list[Tensor],
+    norm_type: float,
+    device: torch.device,
+    dtype: torch.dtype,
+    keys: list[ReduceKey] | None = None,
+) -> Tensor:
+    r"""The total norm from one list of partials: :func:`combine_partial_sets` for one set.
+
+    ``keys`` (one per partial, default: none reduced) says over which process groups each
+    partial is all-reduced before the root is taken.
+    """
+    keys = [()] * len(partials) if keys is None else keys
+    return combine_partial_sets([(partials, keys)], norm_type, [device], [dtype])[0]
+
+
+def _local_partials(grads: list[Tensor], norm_type: float) -> tuple[list[Tensor], list[ReduceKey]]:
+    """Stage 1 for gradients that may be DTensors: the partials of each reduce key's shards."""
+    partials: list[Tensor] = []
+    keys: list[ReduceKey] = []
+    for key, local in split_by_reduce_key(grads):
+        nonempty = [t for t in local if t.numel() > 0]  # the inf-norm of nothing is refused
+        found = partial_power_sums(nonempty, norm_type)
+        if not found:  # an uneven shard can leave a rank with nothing: it still joins the reduce
+            found = [torch.zeros((), dtype=torch.float64, device=local[0].device)]
+        partials.extend(found)
+        keys.extend([key] * len(found))
+    return partials, keys
+
+
+def total_norms(groups: list[list[Tensor]], norm_type: float) -> list[Tensor]:
+    """The ``norm_type``-norm of each list of gradients (each viewed as one vector).
+
+    One straight path (see the module docstring) for all lists at once, so per-layer clipping of
+    sharded gradients costs one packed all-reduce whatever the number of layers.
+
+    Returns:
+        One 0-dim tensor per list, identical on every rank: float64 when a gradient is float64,
+        else float32, on the device of the list's first gradient (0.0 on CPU for an empty list).
+
+    Raises:
+        ValueError: for ``norm_type <= 0`` (or NaN) with DTensor gradients (torch's per-tensor
+            definition has no sharded form), or a gradient with a ``Partial`` placement.
+    """
+    sharded = any(any_dtensor(grads) for grads in groups)
+    if not _is_regular(norm_type) or (torch.compiler.is_compiling() and not sharded):
+        if sharded:
+            raise ValueError(
+                f"norm_type must be > 0 for sharded (DTensor) gradients, got {norm_type}: torch's "
+                "definition for p <= 0 combines per-tensor norms, which have no sharded form"
+            )
+        return [total_norm(grads, norm_type) for grads in groups]
+    sets = [_local_partials(grads, norm_type) if grads else ([], []) for grads in groups]
+    devices = [grads[0].device if grads else torch.device("cpu") for grads in groups]
+    dtypes = [result_dtype(grads) for grads in groups]
+    return combine_partial_sets(sets, norm_type, devices, dtypes)
 
 
 def _torch_formula_norm(grads: list[Tensor], norm_type: float, dtype: torch.dtype) -> Tensor:
@@ -266,22 +376,19 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
 
     Accumulated in float64 from float32 chunks (see the module docstring); fp16/bf16 gradients are
     reduced in float32. DTensor gradients (FSDP2, tensor parallel) give the norm of the whole,
-    unsharded gradient, the same on every rank (:mod:`traintech.clip._sharded`). Returns a 0-dim
-    tensor on the device of the first gradient, float64 when any gradient is float64 and float32
-    otherwise (0.0 when ``grads`` is empty). For
-    ``norm_type <= 0`` (or nan) it follows torch's definition (the norm of the per-tensor norms).
+    unsharded gradient, the same on every rank. Returns a 0-dim tensor on the device of the first
+    gradient, float64 when any gradient is float64 and float32 otherwise (0.0 when ``grads`` is
+    empty). For ``norm_type <= 0`` (or nan) it follows torch's definition (the norm of the
+    per-tensor norms).
     """
     if len(grads) == 0:
         return torch.tensor(0.0)
-    from traintech.clip._sharded import has_dtensor, sharded_total_norms
-
-    if has_dtensor(grads):  # FSDP2 / tensor parallel: the global norm, one all-reduce
-        return sharded_total_norms([grads], norm_type)[0]
-    dtype = result_dtype(grads)
     if not _is_regular(norm_type):
-        return _torch_formula_norm(grads, norm_type, dtype)
-    if torch.compiler.is_compiling():
+        if any_dtensor(grads):
+            return total_norms([grads], norm_type)[0]  # raises the sharded error
+        return _torch_formula_norm(grads, norm_type, result_dtype(grads))
+    if torch.compiler.is_compiling() and not any_dtensor(grads):
         # Inside torch.compile (fullgraph included): no data-dependent branch or host read; the
         # per-tensor norms in the accumulation dtype, combined as torch does.
-        return _compiled_norm(grads, norm_type, dtype)
-    return combine_partials(partial_power_sums(grads, norm_type), norm_type, grads[0].device, dtype)
+        return _compiled_norm(grads, norm_type, result_dtype(grads))
+    return total_norms([grads], norm_type)[0]

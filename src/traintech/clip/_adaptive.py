@@ -33,9 +33,6 @@ from torch import Tensor
 
 from traintech.clip._protocol import Clipper, ClipResult
 
-#: Added to the norm before dividing, as in ``torch.nn.utils.clip_grad_norm_``.
-NORM_EPS = 1e-6
-
 
 def _check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
