@@ -7,9 +7,11 @@ multiply is skipped when the coefficient is exactly 1 (bit-identical: ``g * 1.0 
 
 from __future__ import annotations
 
+import math
 import types
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,6 +74,50 @@ def coef_for(coef: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     if device.type == "cpu":
         return coef.to(device)
     return coef.to(device=device, dtype=dtype)
+
+
+def host_coefficient(total: Tensor, max_norm: float) -> float:
+    """:func:`clip_coefficient` of a CPU ``total``, computed in Python, to the same bits.
+
+    torch evaluates ``clamp(max_norm / (total + 1e-6), max=1)`` in ``total``'s dtype as
+    ``reciprocal(total + 1e-6) * max_norm``; each step is one correctly rounded IEEE operation,
+    which numpy's float32 (or Python's float64) scalars reproduce exactly, without the four tiny
+    tensor operations. NaN stays NaN (as ``clamp``).
+    """
+    value = total.item()
+    if total.dtype == torch.float32:
+        f32 = np.float32
+        with np.errstate(all="ignore"):
+            coef = float(f32(1.0) / (f32(value) + f32(NORM_EPS)) * f32(max_norm))
+    else:
+        try:
+            coef = 1.0 / (value + NORM_EPS) * max_norm
+        except ZeroDivisionError:  # total == -1e-6 cannot happen for a norm; keep IEEE anyway
+            coef = math.copysign(math.inf, max_norm)
+    return coef if math.isnan(coef) else min(coef, 1.0)
+
+
+@torch.no_grad()
+def _scale_by_number_(
+    grads: list[Tensor], coef: float, dtype: torch.dtype, foreach: bool | None
+) -> None:
+    """Multiply ``grads`` by the number ``coef`` (nothing to do when it is exactly 1).
+
+    CPU groups get ``coef`` as a 0-dim CPU tensor of ``dtype`` (torch's CPU kernels multiply by
+    a tensor scalar about twice as fast as by a Python number, and keep its float32 precision
+    for fp16/bf16); other devices get the Python number (a kernel argument: no copy, no sync).
+    """
+    if coef == 1.0:
+        return
+    grads = local_tensors(grads)
+    coef_cpu = torch.full((), coef, dtype=dtype)
+    for (device, _), group in group_by_device_dtype(grads).items():
+        value: Tensor | float = coef_cpu if device.type == "cpu" else coef
+        if _use_foreach(foreach, device, group):
+            foreach_mul_(group, value)
+        else:
+            for g in group:
+                g.mul_(value)
 
 
 @torch.no_grad()
@@ -158,7 +204,12 @@ def clip_grad_norm_(
             "non-finite norm anyway, set `error_if_nonfinite=False`"
         )
     max_norm = float(max_norm)
-    if grads:
+    if not grads:
+        return total
+    if total.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Reading a CPU scalar costs no sync: the coefficient as a number, the same bits.
+        _scale_by_number_(grads, host_coefficient(total, max_norm), total.dtype, foreach)
+    else:
         scale_grads_(grads, clip_coefficient(total, max_norm), foreach)
     return total
 

@@ -198,7 +198,7 @@ def _cpu_group_partial(grads: list[Tensor], norm_type: float, exact: bool = Fals
             parts.append(norm.double().pow(norm_type))
     if few:
         norms = torch.stack(foreach_norm(few, norm_type)).double()
-        parts.append(norms.square().sum() if norm_type == 2.0 else norms.pow(norm_type).sum())
+        parts.append(torch.dot(norms, norms) if norm_type == 2.0 else norms.pow(norm_type).sum())
     if small:
         parts.append(_cpu_powsum(flatten_dense(small), norm_type, exact))
     if not parts:
@@ -242,6 +242,8 @@ def partial_power_sums(grads: list[Tensor], norm_type: float) -> list[Tensor]:
 
 def _fold(values: list[Tensor], inf: bool, device: torch.device, acc: torch.dtype) -> Tensor:
     """Add (max for ``inf``) 0-dim partials on ``device`` in ``acc``."""
+    if len(values) == 1:
+        return values[0].to(device=device, dtype=acc)  # the sum of one value is that value
     moved = torch.stack([v.to(device=device, dtype=acc) for v in values])
     return moved.max() if inf else moved.sum()
 
