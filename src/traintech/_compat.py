@@ -144,3 +144,46 @@ def fsdp1_module_type() -> type | None:
 
     module = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
     return getattr(module, "FullyShardedDataParallel", None) if module is not None else None
+
+
+#: torch's private base class of every convolution (``Conv1d/2d/3d`` and the transposed ones).
+ConvNd = torch.nn.modules.conv._ConvNd
+
+#: torch's private base class of BatchNorm and InstanceNorm (running statistics, ``momentum``).
+NormBase = torch.nn.modules.batchnorm._NormBase
+
+
+def supports_amp_scaling(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` unscales and skips by itself (``_step_supports_amp_scaling``).
+
+    torch's fused optimizers set this flag: their kernel reads ``optimizer.grad_scale`` and
+    ``optimizer.found_inf`` (see :func:`fused_step_with_scale`).
+    """
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def fused_step_with_scale(
+    optimizer: torch.optim.Optimizer, grad_scale: Tensor, found_inf: Tensor
+) -> None:
+    """Step a fused optimizer that divides gradients by ``grad_scale`` and skips if ``found_inf``.
+
+    This is the private contract between ``GradScaler`` and the optimizers with
+    ``_step_supports_amp_scaling``: the attributes are set for the one ``step()`` and removed
+    afterwards (also when it raises).
+    """
+    opt: Any = optimizer
+    opt.grad_scale = grad_scale
+    opt.found_inf = found_inf
+    try:
+        optimizer.step()
+    finally:
+        del opt.grad_scale
+        del opt.found_inf
+
+#: torch's private base class of ``Dropout``, ``Dropout1d/2d/3d`` and the alpha dropouts.
+DropoutNd = torch.nn.modules.dropout._DropoutNd
+
+#: torch's private base classes of the padding layers (shape-only layers).
+ConstantPadNd = torch.nn.modules.padding._ConstantPadNd
+ReflectionPadNd = torch.nn.modules.padding._ReflectionPadNd
+ReplicationPadNd = torch.nn.modules.padding._ReplicationPadNd

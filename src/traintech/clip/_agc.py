@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from traintech._checks import check_nonneg, check_positive
 from traintech._compat import foreach_mul_, foreach_norm
 from traintech._constants import NORM_EPS
-from traintech._distributed import any_dtensor
+from traintech._distributed import any_dtensor, refuse_fsdp1, refuse_fsdp1_module
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
 
@@ -167,7 +167,7 @@ class AGC(Clipper):
         self.exclude = patterns
         self._bound: list[tuple[Tensor, bool]] | None = None
         if parameters is not None:
-            self._bound = list(self._items(parameters))
+            self.bind(parameters)
         #: The summary of the last clipping done by :meth:`apply` (bound mode).
         self.last_result: ClipResult | None = None
 
@@ -186,11 +186,14 @@ class AGC(Clipper):
         :class:`~traintech.clip.GuardedStep` calls this with its optimizer's parameters when
         the AGC it is given has none bound (``exclude`` then needs names: bind the module).
         """
-        self._bound = list(self._items(parameters))
+        bound = list(self._items(parameters))
+        refuse_fsdp1([p for p, _ in bound])
+        self._bound = bound
 
     def _items(self, parameters: NamedParamsLike) -> Iterator[tuple[Tensor, bool]]:
         """Yield ``(parameter, excluded)`` for each parameter."""
         if isinstance(parameters, nn.Module):
+            refuse_fsdp1_module(parameters)
             parameters = parameters.named_parameters()
         elif isinstance(parameters, Tensor):
             parameters = [parameters]
@@ -222,6 +225,7 @@ class AGC(Clipper):
             TypeError: if an element of ``parameters`` is not a tensor or (name, tensor) pair.
         """
         items = [(p, excluded) for p, excluded in self._items(parameters) if p.grad is not None]
+        refuse_fsdp1([p for p, _ in items])
         if not items:
             raise ValueError(
                 "parameters has no gradients: AGC needs at least one tensor with a .grad (call "

@@ -284,4 +284,5 @@ def grad_norm(parameters: ParamsLike, norm_type: float = 2.0) -> Tensor:
         tensor(5.)
     """
     params = as_tensor_list(parameters)
+    refuse_fsdp1(params)
     return total_norm([p.grad for p in params if p.grad is not None], float(norm_type))

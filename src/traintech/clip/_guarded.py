@@ -9,8 +9,13 @@ import torch
 from torch import Tensor
 
 from traintech._checks import check_nonneg, check_positive_int
-from traintech._compat import record_scaler_found_inf, scaler_scale
-from traintech._distributed import all_ranks_any
+from traintech._compat import (
+    fused_step_with_scale,
+    record_scaler_found_inf,
+    scaler_scale,
+    supports_amp_scaling,
+)
+from traintech._distributed import all_ranks_any, refuse_fsdp1
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
 
@@ -42,7 +47,7 @@ class StepReport:
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
     groups_fused = all(bool(g.get("fused")) for g in optimizer.param_groups)
-    return groups_fused and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+    return groups_fused and supports_amp_scaling(optimizer)
 
 
 class GuardedStep:
@@ -125,6 +130,7 @@ class GuardedStep:
             raise TypeError(
                 f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
             )
+        refuse_fsdp1([p for group in optimizer.param_groups for p in group["params"]])
         can_fold = _is_fused(optimizer) and (clipper is None or clipper.scales_uniformly())
         if fold and not can_fold:
             raise ValueError(
@@ -281,14 +287,11 @@ class GuardedStep:
             bad = bad | result.skip.to(device)
         inv = 1.0 / coef.to(torch.float32)
         grad_scale = inv if amp_scale is None else amp_scale.to(torch.float32) * inv
-        opt: Any = self.optimizer
-        opt.grad_scale = torch.where(bad, torch.ones_like(grad_scale), grad_scale)
-        opt.found_inf = bad.to(torch.float32)
-        try:
-            self.optimizer.step()
-        finally:
-            del opt.grad_scale
-            del opt.found_inf
+        fused_step_with_scale(
+            self.optimizer,
+            torch.where(bad, torch.ones_like(grad_scale), grad_scale),
+            bad.to(torch.float32),
+        )
         if scaler is not None:
             record_scaler_found_inf(scaler, self.optimizer, nonfinite.to(torch.float32))
             scaler.update()

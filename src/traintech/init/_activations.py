@@ -27,6 +27,14 @@ from typing import Any
 
 from torch import nn
 
+from traintech._compat import (
+    ConstantPadNd,
+    DropoutNd,
+    NormBase,
+    ReflectionPadNd,
+    ReplicationPadNd,
+)
+
 __all__ = ["Activation", "classify_function", "classify_module", "is_norm_module"]
 
 _RELU = {
@@ -121,10 +129,10 @@ _TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Upsample,
     nn.PixelShuffle,
     nn.ChannelShuffle,
-    nn.modules.dropout._DropoutNd,
-    nn.modules.padding._ConstantPadNd,
-    nn.modules.padding._ReflectionPadNd,
-    nn.modules.padding._ReplicationPadNd,
+    DropoutNd,
+    ConstantPadNd,
+    ReflectionPadNd,
+    ReplicationPadNd,
 )
 
 
@@ -146,7 +154,7 @@ class Activation:
 def is_norm_module(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer (torch's, or any class named ``*Norm*``)."""
     norm_types = (
-        nn.modules.batchnorm._NormBase,
+        NormBase,
         nn.LayerNorm,
         nn.GroupNorm,
         nn.RMSNorm,

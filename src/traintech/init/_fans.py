@@ -6,6 +6,8 @@ import math
 
 from torch import Tensor, nn
 
+from traintech._compat import ConvNd
+
 __all__ = ["correct_fan", "fan_in_and_fan_out"]
 
 _MODES = ("fan_in", "fan_out", "fan_avg")
@@ -73,7 +75,7 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
         )
     if module is None or isinstance(module, nn.Linear):
         return _torch_convention(tensor)
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, ConvNd):
         return _conv_fans(tensor, module)
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return 1.0, float(tensor.size(1))
@@ -82,7 +84,7 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
     return _torch_convention(tensor)
 
 
-def _conv_fans(tensor: Tensor, module: nn.modules.conv._ConvNd) -> tuple[float, float]:
+def _conv_fans(tensor: Tensor, module: ConvNd) -> tuple[float, float]:
     kernel = tuple(module.kernel_size)
     if tensor.dim() != len(kernel) + 2 or tuple(tensor.shape[2:]) != kernel:
         raise ValueError(

@@ -10,6 +10,8 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from traintech._compat import ConvNd
+
 from ._activations import Activation, is_norm_module
 from ._checks import check_generator_device
 from ._graph import Followers, find_followers, is_weight_layer
@@ -30,7 +32,7 @@ _DISTRIBUTIONS = ("uniform", "normal")
 _WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Bilinear,
-    nn.modules.conv._ConvNd,
+    ConvNd,
 )
 
 

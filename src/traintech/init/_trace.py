@@ -19,11 +19,13 @@ from functools import partial
 
 from torch import Tensor, fx, nn
 
+from traintech._compat import ConvNd
+
 from ._activations import Activation, classify_function, classify_module
 
 __all__ = ["OUTPUT", "Summary", "analyse", "is_weight_layer"]
 
-_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, ConvNd)
 _MAX_DEPTH = 64
 
 #: Marker: the value reaches the traced module's output.
