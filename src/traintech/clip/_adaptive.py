@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._compat import state_dtype
 from traintech.clip._protocol import Clipper, ClipResult
 
 
@@ -135,11 +136,19 @@ class AdaptiveClipper(Clipper):
         return f"{type(self).__name__}({settings})"
 
     def _follow(self, norm: Tensor) -> Tensor:
-        """Move the state to ``norm``'s device (once) and return ``norm`` as float64."""
+        """Move the state to ``norm``'s device (once) and return ``norm`` in the state's dtype.
+
+        The state dtype is float64, or float32 on devices without float64 (MPS), see
+        :func:`traintech._compat.state_dtype`.
+        """
         device = norm.device
+        wide = state_dtype(device)
         if any(value.device != device for value in self._state.values()):
-            self._state = {name: value.to(device) for name, value in self._state.items()}
-        return norm.detach().to(torch.float64)
+            self._state = {
+                name: value.to(device, wide if value.dtype == torch.float64 else value.dtype)
+                for name, value in self._state.items()
+            }
+        return norm.detach().to(wide)
 
     def _result(
         self,
