@@ -84,6 +84,9 @@ def group_by_device_dtype(
     first = tensors[0]
     if len(tensors) == 1:
         return {(first.device, first.dtype): tensors}
+    dtype = first.dtype
+    if first.is_cpu and all(t.is_cpu and t.dtype is dtype for t in tensors):
+        return {(first.device, dtype): list(tensors)}  # the common case, without the C++ pass
     grouped = _group_tensors_by_device_and_dtype([tensors])  # type: ignore[list-item]
     return {key: [t for t in lists[0] if t is not None] for key, (lists, _) in grouped.items()}
 

@@ -8,10 +8,10 @@ multiply is skipped when the coefficient is exactly 1 (bit-identical: ``g * 1.0 
 from __future__ import annotations
 
 import math
+import struct
 import types
 import warnings
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +24,11 @@ from traintech._compat import (
 from traintech._constants import NORM_EPS
 from traintech._distributed import local_tensors, refuse_fsdp1
 from traintech.clip._norm import ParamsLike, as_tensor_list, total_norm
+
+_F32 = struct.Struct("f")
+
+#: ``NORM_EPS`` rounded to float32, as torch adds it to a float32 norm.
+_F32_EPS = _F32.unpack(_F32.pack(NORM_EPS))[0]
 
 #: Tensors above this many elements are clamped with one ``clamp_`` pass instead of two foreach
 #: passes (``clamp_min_`` then ``clamp_max_``) on CPU.
@@ -76,28 +81,34 @@ def coef_for(coef: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     return coef.to(device=device, dtype=dtype)
 
 
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (overflow gives inf, as in IEEE arithmetic)."""
+    try:
+        return float(_F32.unpack(_F32.pack(x))[0])
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def host_coefficient(total: Tensor, max_norm: float) -> float:
     """:func:`clip_coefficient` of a CPU ``total``, computed in Python, to the same bits.
 
     torch evaluates ``clamp(max_norm / (total + 1e-6), max=1)`` in ``total``'s dtype as
-    ``reciprocal(total + 1e-6) * max_norm``; each step is one correctly rounded IEEE operation,
-    which numpy's float32 (or Python's float64) scalars reproduce exactly, without the four tiny
-    tensor operations. NaN stays NaN (as ``clamp``).
+    ``reciprocal(total + 1e-6) * max_norm``. Each step is one correctly rounded IEEE operation;
+    done in float64 and rounded to float32 it gives the float32 result exactly (float64 has more
+    than twice float32's precision, so the double rounding is harmless for +, * and /). This
+    replaces four tiny tensor operations. NaN stays NaN (as ``clamp``).
     """
     value = total.item()
-    if total.dtype == torch.float32:
-        f32 = np.float32
-        with np.errstate(all="ignore"):
-            coef = float(f32(1.0) / (f32(value) + f32(NORM_EPS)) * f32(max_norm))
-    else:
-        try:
+    try:
+        if total.dtype == torch.float32:
+            coef = _f32(_f32(1.0 / _f32(value + _F32_EPS)) * _f32(max_norm))
+        else:
             coef = 1.0 / (value + NORM_EPS) * max_norm
-        except ZeroDivisionError:  # total == -1e-6 cannot happen for a norm; keep IEEE anyway
-            coef = math.copysign(math.inf, max_norm)
+    except ZeroDivisionError:  # a norm is never -1e-6; keep IEEE semantics anyway
+        coef = math.copysign(math.inf, max_norm)
     return coef if math.isnan(coef) else min(coef, 1.0)
 
 
-@torch.no_grad()
 def _scale_by_number_(
     grads: list[Tensor], coef: float, dtype: torch.dtype, foreach: bool | None
 ) -> None:

@@ -112,7 +112,8 @@ def _is_regular(norm_type: float) -> bool:
 
 def result_dtype(grads: list[Tensor]) -> torch.dtype:
     """float64 when any gradient is double precision, else float32 (also for fp16/bf16)."""
-    wide = any(g.dtype in (torch.float64, torch.complex128) for g in grads)
+    f64, c128 = torch.float64, torch.complex128
+    wide = any(g.dtype is f64 or g.dtype is c128 for g in grads)
     return torch.float64 if wide else torch.float32
 
 
@@ -157,9 +158,11 @@ def _cpu_powsum(flat: Tensor, norm_type: float, exact: bool) -> Tensor:
     elif flat.dtype in (torch.float16, torch.bfloat16):
         rows = _widened_row_norms(flat, norm_type)
     elif norm_type == 2.0:
-        # BLAS dot is the fastest single-thread reduction torch has; DOT_CHUNK keeps it accurate.
-        squares = [torch.dot(c, c).reshape(1) for c in flat.split(DOT_CHUNK)]
-        return torch.cat(squares).double().sum()
+        # One row-wise float32 reduction pass (as fast as torch's own norm kernel), the row
+        # norms squared and added in float64 by one dot product.
+        row_norms = _row_norms(flat, norm_type, torch.float64)
+        norms = row_norms[0] if len(row_norms) == 1 else torch.cat(row_norms)
+        return torch.dot(norms, norms)
     else:
         rows = _row_norms(flat, norm_type, flat.dtype)
     return torch.cat(rows).double().pow(norm_type).sum()
@@ -184,12 +187,13 @@ def _cpu_group_partial(grads: list[Tensor], norm_type: float, exact: bool = Fals
     dtype = grads[0].dtype  # one dtype per group
     plain_dtype = dtype in _FLOATS
     wide_ok = not exact and dtype in (torch.float32, torch.float64)
+    strided = torch.strided
     for g in grads:
-        if plain_dtype and g.layout == torch.strided and g.is_contiguous():
+        if wide_ok and g.layout is strided and g.numel() <= _FOREACH_MAX:
+            few.append(g)  # any strides: the multi-tensor norm reads views as they are
+        elif plain_dtype and g.layout is strided and g.is_contiguous():
             n = g.numel()
-            if wide_ok and n <= _FOREACH_MAX:
-                few.append(g)
-            elif n < _SMALL:
+            if n < _SMALL:
                 small.append(g)
             else:
                 parts.append(_cpu_powsum(g.view(-1), norm_type, exact))
@@ -197,8 +201,14 @@ def _cpu_group_partial(grads: list[Tensor], norm_type: float, exact: bool = Fals
             norm = torch.linalg.vector_norm(g, norm_type)
             parts.append(norm.double().pow(norm_type))
     if few:
-        norms = torch.stack(foreach_norm(few, norm_type)).double()
-        parts.append(torch.dot(norms, norms) if norm_type == 2.0 else norms.pow(norm_type).sum())
+        norms = foreach_norm(few, norm_type)
+        if norm_type == 2.0:
+            # Reading CPU scalars is free: the float32 norms squared exactly in float64 and added
+            # with correct rounding (fsum), cheaper than three tiny tensor ops.
+            squares = math.fsum([n.item() ** 2 for n in norms])
+            parts.append(torch.full((), squares, dtype=torch.float64))
+        else:
+            parts.append(torch.stack(norms).double().pow(norm_type).sum())
     if small:
         parts.append(_cpu_powsum(flatten_dense(small), norm_type, exact))
     if not parts:
@@ -268,6 +278,18 @@ def combine_partial_sets(
     Every rank must call it with the same keys in the same order. An empty set gives 0.
     """
     inf = is_inf_norm(norm_type)
+    if len(sets) == 1 and not any(sets[0][1]):
+        # One set, nothing to reduce across processes (plain tensors): fold and take the root.
+        partials, device, dtype = sets[0][0], devices[0], dtypes[0]
+        if not partials:
+            return [torch.zeros((), dtype=dtype, device=device)]
+        if norm_type == 2.0 and len(partials) == 1 and device.type == "cpu":
+            # sqrt on the host (reading a CPU scalar is free): the bits of pow(0.5).to(dtype).
+            root = math.sqrt(partials[0].item())
+            return [torch.full((), root, dtype=dtype)]
+        acc = partials[0].dtype if device.type == "mps" else torch.float64
+        total = _fold(partials, inf, device, acc)
+        return [(total if inf else total.pow(1.0 / norm_type)).to(dtype)]
     values: list[Tensor] = []
     keys: list[ReduceKey] = []
     owners: list[int] = []
@@ -314,10 +336,11 @@ def _local_partials(grads: list[Tensor], norm_type: float) -> tuple[list[Tensor]
     partials: list[Tensor] = []
     keys: list[ReduceKey] = []
     for key, local in split_by_reduce_key(grads):
-        nonempty = [t for t in local if t.numel() > 0]  # the inf-norm of nothing is refused
-        found = partial_power_sums(nonempty, norm_type)
+        if key or is_inf_norm(norm_type):  # torch refuses the inf-norm of an empty tensor
+            local = [t for t in local if t.numel() > 0]
+        found = partial_power_sums(local, norm_type) if local else []
         if not found:  # an uneven shard can leave a rank with nothing: it still joins the reduce
-            found = [torch.zeros((), dtype=torch.float64, device=local[0].device)]
+            found = [torch.zeros((), dtype=torch.float64, device=grads[0].device)]
         partials.extend(found)
         keys.extend([key] * len(found))
     return partials, keys
@@ -368,7 +391,6 @@ def _compiled_norm(grads: list[Tensor], norm_type: float, dtype: torch.dtype) ->
     return torch.linalg.vector_norm(torch.stack(norms).to(torch.float64), norm_type).to(dtype)
 
 
-@torch.no_grad()
 def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     r"""The ``norm_type``-norm of all ``grads`` viewed as one vector.
 
@@ -385,6 +407,9 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     """
     if len(grads) == 0:
         return torch.tensor(0.0)
+    if torch.is_grad_enabled():  # a no_grad context costs more than the check
+        with torch.no_grad():
+            return total_norm(grads, norm_type)
     if not _is_regular(norm_type):
         if any_dtensor(grads):
             return total_norms([grads], norm_type)[0]  # raises the sharded error
