@@ -189,10 +189,12 @@ def _cpu_group_partial(grads: list[Tensor], norm_type: float, exact: bool = Fals
     wide_ok = not exact and dtype in (torch.float32, torch.float64)
     strided = torch.strided
     for g in grads:
-        if wide_ok and g.layout is strided and g.numel() <= _FOREACH_MAX:
+        n = g.numel()
+        if wide_ok and g.layout is strided and n <= _FOREACH_MAX:
             few.append(g)  # any strides: the multi-tensor norm reads views as they are
+        elif n == 0:
+            continue  # adds nothing (and an empty row reduction is refused)
         elif plain_dtype and g.layout is strided and g.is_contiguous():
-            n = g.numel()
             if n < _SMALL:
                 small.append(g)
             else:
