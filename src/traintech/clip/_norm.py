@@ -17,11 +17,13 @@ guarded step) follows one straight path, in three stages kept apart on purpose:
 Imports point one way: this module imports :mod:`traintech.clip._sharded` and
 :mod:`traintech._distributed`, never the clippers.
 
-Accuracy: on CPU each tensor is viewed as rows of :data:`ROW` elements; each row is reduced in
-float32 by one ``vector_norm(..., dim=1)`` call, and the row results are summed in float64. The
-relative error then stays near :math:`10^{-8}` on tens of millions of elements, where a single
-float32 reduction (``torch.linalg.vector_norm``) is off by about :math:`10^{-3}`. fp16/bf16
-gradients are reduced in float32, so large fp16 gradients do not overflow.
+Accuracy: on CPU a large tensor is viewed as rows of :data:`ROW` elements; each row is reduced
+in float32 by one ``vector_norm(..., dim=1)`` call, and the row results are summed in float64.
+The relative error then stays near :math:`10^{-8}` on tens of millions of elements, where a
+single float32 reduction (``torch.linalg.vector_norm``) is off by about :math:`10^{-3}`. Tensors
+up to :data:`_FOREACH_MAX` elements get their norms from one multi-tensor call (their squares
+are added in float64 on the host). fp16/bf16 gradients are reduced in float32, so large fp16
+gradients do not overflow.
 """
 
 from __future__ import annotations
@@ -41,9 +43,6 @@ ParamsLike = Tensor | Iterable[Tensor]
 #: Elements per row in the CPU reduction: each row is reduced in float32 (its error grows with
 #: the row length), the row results are added in float64.
 ROW = 1 << 12
-
-#: Elements per float32 BLAS ``dot`` call for the 2-norm (relative error ~1e-7 at this length).
-DOT_CHUNK = 1 << 18
 
 #: fp16/bf16 gradients are widened to float32 this many elements at a time (fits in L2).
 CHUNK = 1 << 17
