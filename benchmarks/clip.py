@@ -78,10 +78,18 @@ def f64_norm(params) -> float:
 def interleaved(
     fns: dict[str, Callable[[], object]], args, setup: Callable[[], object] | None = None
 ) -> dict[str, float]:
-    """Time each callable, interleaved, ``args.repeats`` times; return the min (or median)."""
+    """Time each callable, interleaved, ``args.repeats`` times; return the min (or median).
+
+    The order of the contenders rotates every round (A B C, B C A, C A B, ...), so none always
+    runs right after the gradients were restored or right after another one (a position bias
+    of a few percent on small models; the A/A line shows what is left of it).
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for i in range(args.warmup + args.repeats):
-        for name, fn in fns.items():
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             if setup is not None:
                 setup()
             start = time.perf_counter()

@@ -122,6 +122,13 @@ def _scale_by_number_(
         return
     grads = local_tensors(grads)
     coef_cpu = torch.full((), coef, dtype=dtype)
+    first = grads[0].dtype
+    strided = torch.strided
+    if foreach is not False and all(
+        type(g) is Tensor and g.is_cpu and g.dtype is first and g.layout is strided for g in grads
+    ):
+        foreach_mul_(grads, coef_cpu)  # the common case: one group, checked in one pass
+        return
     for (device, _), group in group_by_device_dtype(grads).items():
         value: Tensor | float = coef_cpu if device.type == "cpu" else coef
         if _use_foreach(foreach, device, group):
@@ -205,7 +212,7 @@ def clip_grad_norm_(
         tensor([0.6000, 0.8000])
     """
     params = _params_list(parameters)
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [g for p in params if (g := p.grad) is not None]
     norm_type = float(norm_type)
     total = total_norm(grads, norm_type)
     if error_if_nonfinite and bool(torch.logical_or(total.isnan(), total.isinf())):

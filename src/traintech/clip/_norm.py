@@ -57,6 +57,8 @@ _FOREACH_MAX = 1 << 15
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+F32 = torch.float32
+
 
 class NotATensorError(TypeError, AttributeError):
     """A non-tensor was found in ``parameters``.
@@ -237,8 +239,15 @@ def partial_power_sums(grads: list[Tensor], norm_type: float) -> list[Tensor]:
     devices without float64), or :math:`\max |g|` for ``p = inf``. ``grads`` are plain (local)
     tensors.
     """
+    return _group_partials(grads, norm_type)[0]
+
+
+def _group_partials(grads: list[Tensor], norm_type: float) -> tuple[list[Tensor], bool]:
+    """:func:`partial_power_sums`, and whether a group is double precision (the result dtype)."""
     partials = []
-    for (device, _), group in group_by_device_dtype(grads).items():
+    wide = False
+    for (device, dtype), group in group_by_device_dtype(grads).items():
+        wide = wide or dtype is torch.float64 or dtype is torch.complex128
         if device.type == "cpu":
             partial = _cpu_group_partial(group, norm_type)
             # A float32 chunk can overflow (|g| > 1.8e19) while the gradient is finite; redo
@@ -248,7 +257,7 @@ def partial_power_sums(grads: list[Tensor], norm_type: float) -> list[Tensor]:
         else:
             partial = _device_group_partial(group, norm_type, device)
         partials.append(partial)
-    return partials
+    return partials, wide
 
 
 def _fold(values: list[Tensor], inf: bool, device: torch.device, acc: torch.dtype) -> Tensor:
@@ -332,19 +341,30 @@ def combine_partials(
     return combine_partial_sets([(partials, keys)], norm_type, [device], [dtype])[0]
 
 
-def _local_partials(grads: list[Tensor], norm_type: float) -> tuple[list[Tensor], list[ReduceKey]]:
-    """Stage 1 for gradients that may be DTensors: the partials of each reduce key's shards."""
+def _local_partials(
+    grads: list[Tensor], norm_type: float
+) -> tuple[list[Tensor], list[ReduceKey], torch.dtype]:
+    """Stage 1 for gradients that may be DTensors: the partials of each reduce key's shards.
+
+    Also returns the result dtype: float64 when a gradient is double precision, else float32.
+    """
+    split = split_by_reduce_key(grads)
+    if len(split) == 1 and not split[0][0]:  # plain tensors: no shard can be empty everywhere
+        local = grads if not is_inf_norm(norm_type) else [t for t in grads if t.numel() > 0]
+        found, wide = _group_partials(local, norm_type) if local else ([], False)
+        if not found:
+            found = [torch.zeros((), dtype=torch.float64, device=grads[0].device)]
+        return found, [()] * len(found), torch.float64 if wide else torch.float32
     partials: list[Tensor] = []
     keys: list[ReduceKey] = []
-    for key, local in split_by_reduce_key(grads):
-        if key or is_inf_norm(norm_type):  # torch refuses the inf-norm of an empty tensor
-            local = [t for t in local if t.numel() > 0]
+    for key, local in split:
+        local = [t for t in local if t.numel() > 0]  # torch refuses the inf-norm of nothing
         found = partial_power_sums(local, norm_type) if local else []
         if not found:  # an uneven shard can leave a rank with nothing: it still joins the reduce
             found = [torch.zeros((), dtype=torch.float64, device=grads[0].device)]
         partials.extend(found)
         keys.extend([key] * len(found))
-    return partials, keys
+    return partials, keys, result_dtype(grads)  # the DTensors' dtypes, the same on every rank
 
 
 def total_norms(groups: list[list[Tensor]], norm_type: float) -> list[Tensor]:
@@ -369,9 +389,13 @@ def total_norms(groups: list[list[Tensor]], norm_type: float) -> list[Tensor]:
                 "definition for p <= 0 combines per-tensor norms, which have no sharded form"
             )
         return [total_norm(grads, norm_type) for grads in groups]
-    sets = [_local_partials(grads, norm_type) if grads else ([], []) for grads in groups]
+    sets: list[tuple[list[Tensor], list[ReduceKey]]] = []
+    dtypes: list[torch.dtype] = []
+    for grads in groups:
+        partials, keys, dtype = _local_partials(grads, norm_type) if grads else ([], [], F32)
+        sets.append((partials, keys))
+        dtypes.append(dtype)
     devices = [grads[0].device if grads else torch.device("cpu") for grads in groups]
-    dtypes = [result_dtype(grads) for grads in groups]
     return combine_partial_sets(sets, norm_type, devices, dtypes)
 
 
