@@ -212,7 +212,7 @@ def clip_grad_norm_(
         tensor([0.6000, 0.8000])
     """
     params = _params_list(parameters)
-    grads = [g for p in params if (g := p.grad) is not None]
+    grads = [p.grad for p in params if p.grad is not None]
     norm_type = float(norm_type)
     total = total_norm(grads, norm_type)
     if error_if_nonfinite and bool(torch.logical_or(total.isnan(), total.isinf())):
