@@ -58,15 +58,23 @@ def _dtensor_type() -> type | None:
 
 
 def any_dtensor(tensors: Sequence[Tensor]) -> bool:
-    """Whether any of ``tensors`` is a DTensor (one dictionary lookup when none can exist)."""
+    """Whether any of ``tensors`` is a DTensor (one dictionary lookup when none can exist).
+
+    Once ``torch.distributed.tensor`` is imported (``torch.testing``, Lightning and transformers
+    import it) an ``isinstance`` check against DTensor costs about 0.4 us; plain tensors are
+    recognised by their exact type first, so a list of ordinary gradients stays cheap.
+    """
     cls = _dtensor_type()
-    return cls is not None and any(isinstance(t, cls) for t in tensors)
+    if cls is None:
+        return False
+    plain = Tensor
+    return any(type(t) is not plain and isinstance(t, cls) for t in tensors)
 
 
 def is_dtensor(tensor: Tensor) -> bool:
     """Whether ``tensor`` is a ``torch.distributed.tensor.DTensor`` (never imports it)."""
     cls = _dtensor_type()
-    return cls is not None and isinstance(tensor, cls)
+    return cls is not None and type(tensor) is not Tensor and isinstance(tensor, cls)
 
 
 def local_tensor(tensor: Tensor) -> Tensor:
@@ -78,7 +86,7 @@ def local_tensor(tensor: Tensor) -> Tensor:
 
 def local_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
     """:func:`local_tensor` of each element (a fast no-op when no DTensor can exist)."""
-    if _dtensor_type() is None:
+    if not any_dtensor(tensors):
         return list(tensors)
     return [local_tensor(t) for t in tensors]
 

@@ -52,3 +52,19 @@ def test_fp16_gradients_keep_a_tiny_coefficient_on_cpu():
     total = clip_grad_norm_([w], 1.0)
     expected = (60000.0 * (1.0 / (total.double() + 1e-6))).item()
     assert w.grad[0].item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_dtensor_checks_stay_cheap_once_dtensor_is_imported():
+    # torch.testing, Lightning and transformers import torch.distributed.tensor; plain gradients
+    # are then recognised by their exact type, without an isinstance check against DTensor.
+    import torch.distributed.tensor  # noqa: F401
+
+    from traintech._distributed import any_dtensor, is_dtensor, local_tensors
+
+    class Sub(torch.Tensor):
+        pass
+
+    plain = [torch.zeros(2), torch.ones(3)]
+    assert not any_dtensor(plain) and not is_dtensor(plain[0])
+    assert not any_dtensor([torch.zeros(1).as_subclass(Sub)])
+    assert all(a is b for a, b in zip(local_tensors(plain), plain, strict=True))
