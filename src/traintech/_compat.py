@@ -195,3 +195,8 @@ DropoutNd = torch.nn.modules.dropout._DropoutNd
 ConstantPadNd = torch.nn.modules.padding._ConstantPadNd
 ReflectionPadNd = torch.nn.modules.padding._ReflectionPadNd
 ReplicationPadNd = torch.nn.modules.padding._ReplicationPadNd
+
+#: torch's private base classes of ``BatchNorm1d/2d/3d`` and ``InstanceNorm1d/2d/3d`` (for twins
+#: that subclass them, and for isinstance checks).
+BatchNormBase = torch.nn.modules.batchnorm._BatchNorm
+InstanceNormBase = torch.nn.modules.instancenorm._InstanceNorm
