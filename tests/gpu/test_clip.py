@@ -192,9 +192,10 @@ def test_low_precision_clipping_multiplies_in_multi_tensor_kernels(dtype):
     clip_grad_norm_(params, 1.0)  # warm-up (lazy CUDA init, allocator)
     names = _kernel_names(lambda: clip_grad_norm_(params, 1.0))
     multi = [n for n in names if "multi_tensor_apply" in n]
-    per_tensor_mul = [n for n in names if "elementwise" in n and "Mul" in n]
-    assert per_tensor_mul == [], per_tensor_mul[:3]
-    assert 1 <= len(multi) <= 4, names
+    # A few scalar multiplies (the coefficient) are fine; one per gradient tensor is not.
+    elementwise_mul = [n for n in names if "elementwise" in n and "Mul" in n]
+    assert len(elementwise_mul) <= 3, elementwise_mul[:5]
+    assert 2 <= len(multi) <= 6, names  # the norm's and the multiply's multi-tensor launches
     # NormClip's apply goes through the same path.
     names = _kernel_names(lambda: NormClip(1.0)(params))
-    assert [n for n in names if "elementwise" in n and "Mul" in n] == []
+    assert len([n for n in names if "elementwise" in n and "Mul" in n]) <= 3
