@@ -3,7 +3,12 @@
 Cases (CPU, fp32 unless said, GPT-2 small's 148 parameter tensors = 124M elements):
 
 (a) ``clip_grad_norm_`` vs ``torch.nn.utils.clip_grad_norm_(foreach=True)``, with the norm above
-    the bound (every gradient rescaled) and below it (nothing to do).
+    the bound (every gradient rescaled) and below it (nothing to do), on GPT-2 small and on a
+    small model (30 tensors, 151,500 parameters: per-call overhead), at each thread count of
+    ``--thread-counts`` (default 1 and 2). An A/A line times torch against itself the same way:
+    its distance from 1.00x is the noise of the machine.
+(b)-(d) with ``--full`` only (at the first thread count):
+
 (b) ``GuardedStep(AdamW(fused=True), NormClip)``: what clipping adds on top of the bare fused
     step, against one read of all gradients (a sum over a tensor of the same size), and what
     torch's clip adds on top of the same step.
@@ -20,6 +25,7 @@ shared machine the minimum is the least disturbed estimate of what the code cost
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
@@ -47,6 +53,11 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
     return shapes
 
 
+def small_model_shapes() -> list[tuple[int, ...]]:
+    """30 tensors, 151,500 parameters: 15 Linear(100, 100) layers (weight and bias)."""
+    return [(100, 100), (100,)] * 15
+
+
 def make_params(shapes: list[tuple[int, ...]], dtype: torch.dtype, gen: torch.Generator):
     params = []
     for shape in shapes:
@@ -67,10 +78,18 @@ def f64_norm(params) -> float:
 def interleaved(
     fns: dict[str, Callable[[], object]], args, setup: Callable[[], object] | None = None
 ) -> dict[str, float]:
-    """Time each callable, interleaved, ``args.repeats`` times; return the min (or median)."""
+    """Time each callable, interleaved, ``args.repeats`` times; return the min (or median).
+
+    The order of the contenders rotates every round (A B C, B C A, C A B, ...), so none always
+    runs right after the gradients were restored or right after another one (a position bias
+    of a few percent on small models; the A/A line shows what is left of it).
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for i in range(args.warmup + args.repeats):
-        for name, fn in fns.items():
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             if setup is not None:
                 setup()
             start = time.perf_counter()
@@ -121,11 +140,14 @@ def bench_clip(args, dtype: torch.dtype, shapes, label: str, gen) -> list[Row]:
             {
                 "torch": lambda m=max_norm: torch.nn.utils.clip_grad_norm_(params, m, foreach=True),
                 "ours": lambda m=max_norm: clip_grad_norm_(params, m),
+                "torch A/A": lambda m=max_norm: torch.nn.utils.clip_grad_norm_(
+                    params, m, foreach=True
+                ),
             },
             args,
             restore,
         )
-        t_base, t_ours = t["torch"], t["ours"]
+        t_base, t_ours, t_aa = t["torch"], t["ours"], t["torch A/A"]
         rows.append(
             Row(
                 f"{label}, {case}",
@@ -133,6 +155,15 @@ def bench_clip(args, dtype: torch.dtype, shapes, label: str, gen) -> list[Row]:
                 t_ours,
                 "torch clip_grad_norm_(foreach)",
                 {**errs, "time ratio": f"{t_ours / t_base:.2f}"},
+            )
+        )
+        rows.append(
+            Row(
+                f"{label}, {case}: A/A (torch vs torch)",
+                t_base,
+                t_aa,
+                "torch clip_grad_norm_(foreach)",
+                {"time ratio": f"{t_aa / t_base:.2f}"},
             )
         )
     return rows
@@ -188,20 +219,32 @@ def bench_guarded(args, shapes, gen) -> list[Row]:
 def main() -> None:
     parser = common_parser(__doc__ or "")
     parser.add_argument("--stat", choices=["min", "median"], default="min")
+    parser.add_argument(
+        "--thread-counts", default="1,2", help="comma-separated torch thread counts (default 1,2)"
+    )
+    parser.add_argument(
+        "--small-repeats", type=int, default=300, help="timed repeats for the small model"
+    )
+    parser.add_argument("--full", action="store_true", help="also run cases (b)-(d)")
     args = parser.parse_args()
-    set_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     gpt2 = gpt2_small_shapes()
     assert len(gpt2) == 148 and sum(math.prod(s) for s in gpt2) == 124_439_808
-
-    print_table(
-        "(a) clip_grad_norm_, GPT-2 small, fp32",
-        bench_clip(args, torch.float32, gpt2, "fp32", gen),
-        args.json,
-    )
+    small = small_model_shapes()
+    assert len(small) == 30 and sum(math.prod(s) for s in small) == 151_500
+    small_args = argparse.Namespace(**{**vars(args), "repeats": args.small_repeats, "warmup": 20})
+    counts = [int(n) for n in args.thread_counts.split(",")]
+    for threads in counts:
+        set_threads(threads)
+        rows = bench_clip(args, torch.float32, gpt2, "GPT-2 small fp32", gen)
+        rows += bench_clip(small_args, torch.float32, small, "small model (30 x, 151k) fp32", gen)
+        print_table(f"(a) clip_grad_norm_, {threads} thread(s)", rows, args.json)
+    if not args.full:
+        return
+    set_threads(counts[0])
     print_table("(b) guarded fused AdamW step", bench_guarded(args, gpt2, gen))
-    small = [(256,)] * 2000
-    rows = bench_clip(args, torch.float32, small, "2000 x 256 fp32", gen)
+    many = [(256,)] * 2000
+    rows = bench_clip(args, torch.float32, many, "2000 x 256 fp32", gen)
     for row in rows:
         row.extra["ours us/tensor"] = f"{row.ours_s / 2000 * 1e6:.2f}"
         row.extra["torch us/tensor"] = f"{row.baseline_s / 2000 * 1e6:.2f}"

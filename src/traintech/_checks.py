@@ -149,3 +149,16 @@ def check_generator_device(
                 f"pass torch.Generator(device={t.device.type!r})"
             )
     return value
+
+
+def check_norm_type(value: Any, name: str = "norm_type") -> float:
+    """``value`` as a float after checking it is a p-norm order in ``(0, inf]``.
+
+    Raises:
+        TypeError: if ``value`` is not a real number (a string such as ``"inf"`` too).
+        ValueError: if ``value`` is NaN or <= 0.
+    """
+    out = _real(value, name, "a real number (e.g. 2.0, or math.inf for the max-norm)")
+    if math.isnan(out) or out <= 0:
+        raise ValueError(f"{name} must be > 0 (or math.inf), got {value!r}")
+    return out

@@ -2,7 +2,12 @@
 
 If a torch release moves or changes one of them, only this file changes. The ``_foreach_*``
 kernels are the multi-tensor ops torch's own clipping and optimizers use; they are wrapped here
-with plain signatures.
+with plain signatures. Private base classes (``_ConvNd``, ``_NormBase``, ``_DropoutNd``, ...)
+are re-exported under public-looking names, and private contracts (the fused optimizers'
+``grad_scale``/``found_inf``, ``GradScaler``'s per-optimizer state, FSDP1's ``FlatParameter``)
+are reached through functions. ``tests/test_private_api.py`` reads every other module of the
+package (``_distributed.py`` may keep DTensor internals) and fails on a private torch name used
+there: add a wrapper at the end of this file instead.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ def group_by_device_dtype(
     first = tensors[0]
     if len(tensors) == 1:
         return {(first.device, first.dtype): tensors}
+    dtype = first.dtype
+    if first.is_cpu and all(t.is_cpu and t.dtype is dtype for t in tensors):
+        return {(first.device, dtype): list(tensors)}  # the common case, without the C++ pass
     grouped = _group_tensors_by_device_and_dtype([tensors])  # type: ignore[list-item]
     return {key: [t for t in lists[0] if t is not None] for key, (lists, _) in grouped.items()}
 
@@ -116,23 +124,6 @@ def scaler_scale(scaler: torch.amp.GradScaler) -> Tensor:
         # First use of a lazily initialised scaler: scale() has not run yet.
         return torch.tensor(scaler.get_scale(), dtype=torch.float32)
     return scale.reshape(())
-
-
-# --- torch.nn's private module base classes, for isinstance checks (used by traintech.init) ---
-
-#: Base of every ``nn.ConvNd`` and ``nn.ConvTransposeNd`` (``kernel_size``, ``stride``,
-#: ``groups``, ``transposed``).
-CONV_ND_BASE: type[torch.nn.Module] = torch.nn.modules.conv._ConvNd
-#: Base of ``BatchNorm*``, ``InstanceNorm*`` and ``SyncBatchNorm``.
-NORM_BASE: type[torch.nn.Module] = torch.nn.modules.batchnorm._NormBase
-#: Base of ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout``.
-DROPOUT_BASE: type[torch.nn.Module] = torch.nn.modules.dropout._DropoutNd
-#: Bases of the constant, reflection and replication padding modules.
-PADDING_BASES: tuple[type[torch.nn.Module], ...] = (
-    torch.nn.modules.padding._ConstantPadNd,
-    torch.nn.modules.padding._ReflectionPadNd,
-    torch.nn.modules.padding._ReplicationPadNd,
-)
 
 
 # --- dropout: dispatch gates and checkpoint replay (appended by the dropout family) ---------
@@ -215,20 +206,9 @@ def functorch_transform_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
-#: torch's BatchNorm base class (``torch.nn.modules.batchnorm._BatchNorm``): the class torch's
-#: utilities (``convert_sync_batchnorm``, ``swa_utils.update_bn``, quantization fusion) test
-#: ``isinstance`` against; traintech's BatchNorm variants without a public torch namesake
-#: (``GhostBatchNorm``) derive from it.
-TorchBatchNormBase = torch.nn.modules.batchnorm._BatchNorm
-
-
 def forward_ad_active() -> bool:
     """Whether a forward-mode AD dual level is open (``torch.autograd.forward_ad.dual_level``)."""
     return bool(torch.autograd.forward_ad._current_level >= 0)
-
-
-#: torch's InstanceNorm base class (``torch.nn.modules.instancenorm._InstanceNorm``).
-TorchInstanceNormBase = torch.nn.modules.instancenorm._InstanceNorm
 
 
 def quantization_fusers() -> dict[tuple[type, ...], Any]:
@@ -258,3 +238,86 @@ def scaler_unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimiz
 
     state = scaler._per_optimizer_states.get(id(optimizer))
     return state is not None and state["stage"] is not OptState.READY
+
+
+def state_dtype(device: torch.device | str) -> torch.dtype:
+    """float64, or float32 on devices without float64 (MPS): the dtype of accurate state.
+
+    Adaptive clippers keep their statistics, and the norm its partial sums, in this dtype.
+    """
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def fsdp1_flat_param_type() -> type | None:
+    """FSDP1's ``FlatParameter`` class, or None when FSDP was never imported (never imports it).
+
+    A ``FullyShardedDataParallel`` (v1) model exposes its parameters as flat parameters whose
+    ``.grad`` is this rank's shard only.
+    """
+    import sys
+
+    module = sys.modules.get("torch.distributed.fsdp._flat_param")
+    return getattr(module, "FlatParameter", None) if module is not None else None
+
+
+def fsdp1_module_type() -> type | None:
+    """``torch.distributed.fsdp.FullyShardedDataParallel`` (v1), or None if never imported."""
+    import sys
+
+    module = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
+    return getattr(module, "FullyShardedDataParallel", None) if module is not None else None
+
+
+#: torch's private base class of every convolution (``Conv1d/2d/3d`` and the transposed ones).
+ConvNd = torch.nn.modules.conv._ConvNd
+
+#: torch's private base class of BatchNorm and InstanceNorm (running statistics, ``momentum``).
+NormBase = torch.nn.modules.batchnorm._NormBase
+
+
+def supports_amp_scaling(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` unscales and skips by itself (``_step_supports_amp_scaling``).
+
+    torch's fused optimizers set this flag: their kernel reads ``optimizer.grad_scale`` and
+    ``optimizer.found_inf`` (see :func:`fused_step_with_scale`).
+    """
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def fused_step_with_scale(
+    optimizer: torch.optim.Optimizer, grad_scale: Tensor, found_inf: Tensor
+) -> None:
+    """Step a fused optimizer that divides gradients by ``grad_scale`` and skips if ``found_inf``.
+
+    This is the private contract between ``GradScaler`` and the optimizers with
+    ``_step_supports_amp_scaling``: the attributes are set for the one ``step()`` and removed
+    afterwards (also when it raises).
+    """
+    opt: Any = optimizer
+    opt.grad_scale = grad_scale
+    opt.found_inf = found_inf
+    try:
+        optimizer.step()
+    finally:
+        del opt.grad_scale
+        del opt.found_inf
+
+
+#: torch's private base class of ``Dropout``, ``Dropout1d/2d/3d`` and the alpha dropouts.
+DropoutNd = torch.nn.modules.dropout._DropoutNd
+
+#: torch's private base classes of the padding layers (shape-only layers).
+ConstantPadNd = torch.nn.modules.padding._ConstantPadNd
+ReflectionPadNd = torch.nn.modules.padding._ReflectionPadNd
+ReplicationPadNd = torch.nn.modules.padding._ReplicationPadNd
+PADDING_BASES: tuple[type[torch.nn.Module], ...] = (
+    ConstantPadNd,
+    ReflectionPadNd,
+    ReplicationPadNd,
+)
+
+#: torch's private base classes of ``BatchNorm1d/2d/3d`` and ``InstanceNorm1d/2d/3d``: the
+#: classes torch's utilities (``convert_sync_batchnorm``, ``swa_utils.update_bn``, quantization
+#: fusion) test ``isinstance`` against; our twins (and ``GhostBatchNorm``) derive from them.
+BatchNormBase = torch.nn.modules.batchnorm._BatchNorm
+InstanceNormBase = torch.nn.modules.instancenorm._InstanceNorm

@@ -51,3 +51,15 @@ def test_partials_from_shards_combine_to_the_total_norm(p, seed):
     combined = combine_partials(partials, p, torch.device("cpu"), torch.float32)
     assert_close_to_f64(combined, _reference_norm(grads, p), dtype=torch.float32)
     assert_close_to_f64(total_norm(grads, p), _reference_norm(grads, p), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.5, math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_empty_gradients_add_nothing(p, dtype, seed):
+    full = torch.randn(7, 3, generator=seed).to(dtype)
+    empty = torch.zeros(0, dtype=dtype)
+    alone = total_norm([empty, empty.reshape(0, 4)], p)
+    assert alone.item() == 0.0
+    assert_close_to_f64(
+        total_norm([empty, full, empty], p), _reference_norm([full], p), dtype=torch.float32
+    )

@@ -1,5 +1,6 @@
 """Per-layer clipping: each tensor or module to its own bound."""
 
+import copy
 import math
 
 import pytest
@@ -95,3 +96,58 @@ def test_bad_named_parameters_type():
         clip_grad_norm_per_layer_([torch.zeros(2)], 1.0)
     with pytest.raises(TypeError, match="named_parameters"):
         clip_grad_norm_per_layer_(torch.zeros(2), 1.0)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize("p", [2.0, math.inf])
+@pytest.mark.parametrize("by", ["tensor", "module"])
+def test_inf_norm_and_an_empty_parameter_match_torch_per_tensor(p, by, seed):
+    # An empty parameter (e.g. a zero-width layer) must neither raise nor disturb the others:
+    # each layer ends as torch's clip_grad_norm_ leaves it, applied to that layer alone.
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 4), torch.nn.Linear(4, 0), torch.nn.Linear(0, 3)
+    )
+    for param in model.parameters():
+        param.grad = torch.randn(param.shape, generator=seed) * 3
+    theirs = copy.deepcopy(model)
+    for mine, twin in zip(model.parameters(), theirs.parameters(), strict=True):
+        twin.grad = mine.grad.clone()
+    norms = clip_grad_norm_per_layer_(model, 0.5, norm_type=p, by=by)
+    layers = (
+        [[q] for q in theirs.parameters()]
+        if by == "tensor"
+        else [list(m.parameters()) for m in theirs]
+    )
+    expected = []
+    for layer in layers:
+        nonempty = [q for q in layer if q.numel() > 0]
+        expected.append(
+            torch.nn.utils.clip_grad_norm_(nonempty, 0.5, norm_type=p)
+            if nonempty
+            else torch.zeros(())
+        )
+    assert len(norms) == len(expected)
+    for got, want in zip(norms.values(), expected, strict=True):
+        torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-6, atol=0)
+    for ours, ref in zip(model.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-6, atol=0)
+
+
+def test_bounds_mapping_with_several_values_and_inf(seed):
+    # Layers sharing a bound are scaled together; an infinite or missing bound leaves a layer
+    # bit for bit untouched.
+    grads = {n: torch.randn(5, generator=seed) * 4 for n in "abcd"}
+    params = {}
+    for name, g in grads.items():
+        params[name] = torch.zeros(5, requires_grad=True)
+        params[name].grad = g.clone()
+    bounds = {"a": 1.0, "b": 2.0, "c": math.inf}
+    norms = clip_grad_norm_per_layer_(params, bounds)
+    for name, g in grads.items():
+        bound = bounds.get(name, math.inf)
+        ref = g.double() * min(1.0, bound / (g.double().norm().item() + 1e-6))
+        torch.testing.assert_close(norms[name].double(), g.double().norm(), rtol=1e-6, atol=0)
+        if math.isinf(bound):
+            assert torch.equal(params[name].grad, g)
+        else:
+            torch.testing.assert_close(params[name].grad.double(), ref, rtol=1e-6, atol=0)

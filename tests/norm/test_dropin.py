@@ -23,7 +23,7 @@ from torch.func import functional_call, grad, jacrev, jvp, vmap
 import traintech.norm as tn
 import traintech.norm._rms_norm as rms_module
 import traintech.norm.functional as F
-from traintech._compat import TorchBatchNormBase, TorchInstanceNormBase
+from traintech._compat import BatchNormBase, InstanceNormBase
 
 TOL = {"rtol": 1e-10, "atol": 1e-10}
 
@@ -96,18 +96,18 @@ def _side_by_side(fn: Callable[[nn.Module], Any], ours: nn.Module, theirs: nn.Mo
 def test_every_layer_is_an_instance_of_its_torch_namesake(row):
     ours, theirs, _ = _pair(row)
     assert isinstance(ours, type(theirs))
-    if isinstance(theirs, TorchBatchNormBase):
-        assert isinstance(ours, TorchBatchNormBase)
-    if isinstance(theirs, TorchInstanceNormBase):
-        assert isinstance(ours, TorchInstanceNormBase)
+    if isinstance(theirs, BatchNormBase):
+        assert isinstance(ours, BatchNormBase)
+    if isinstance(theirs, InstanceNormBase):
+        assert isinstance(ours, InstanceNormBase)
     assert repr(ours) == repr(theirs)
 
 
 def test_sync_ghost_and_fused_layers_are_torch_classes_too():
     # torch's BatchNorm base, not nn.SyncBatchNorm: DDP refuses any nn.SyncBatchNorm on CPU
-    assert isinstance(tn.SyncBatchNorm(3), TorchBatchNormBase)
+    assert isinstance(tn.SyncBatchNorm(3), BatchNormBase)
     assert not isinstance(tn.SyncBatchNorm(3), nn.SyncBatchNorm)
-    assert isinstance(tn.GhostBatchNorm(3, 2), TorchBatchNormBase)
+    assert isinstance(tn.GhostBatchNorm(3, 2), BatchNormBase)
     assert isinstance(tn.FusedAddRMSNorm(4), nn.RMSNorm)
     assert isinstance(tn.FusedAddLayerNorm(4), nn.LayerNorm)
 
@@ -164,7 +164,7 @@ def test_weight_decay_exclusion_by_type_finds_our_layers():
     model = nn.Sequential(
         nn.Linear(4, 4), tn.LayerNorm(4), tn.RMSNorm(4), tn.BatchNorm1d(4), tn.GroupNorm(2, 4)
     )
-    norm_types = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, TorchBatchNormBase)
+    norm_types = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, BatchNormBase)
     no_decay = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters()}
     assert len(no_decay) == sum(1 for m in model[1:] for _ in m.parameters())
 

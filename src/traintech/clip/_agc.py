@@ -10,14 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_nonneg, check_positive
 from traintech._compat import foreach_mul_, foreach_norm
-from traintech._distributed import any_dtensor
+from traintech._constants import NORM_EPS
+from traintech._distributed import any_dtensor, refuse_fsdp1, refuse_fsdp1_module
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
-from traintech.clip._spike import check_interval, check_positive
-
-#: Floor of a unit's gradient norm in the division, as in timm's ``adaptive_clip_grad``.
-GRAD_NORM_FLOOR = 1e-6
 
 NamedParamsLike = nn.Module | Tensor | Iterable[Tensor] | Iterable[tuple[str, Tensor]]
 
@@ -76,7 +74,7 @@ def adaptive_clip_grad_(
         g_norm = torch.stack(foreach_norm(g_list))
         max_norm = torch.stack(foreach_norm([weights[i] for i in members]))
         max_norm = max_norm.clamp_(min=eps).mul_(clip_factor)
-        ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
+        ratio = max_norm / g_norm.clamp(min=NORM_EPS)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
         if not _untouched(coef):
             foreach_mul_(g_list, list(coef.unbind()))
@@ -87,7 +85,7 @@ def adaptive_clip_grad_(
         dtype = _reduce_dtype(g)
         g_norm = _unit_norms(g, dtype)
         max_norm = _unit_norms(weights[i], dtype).clamp_(min=eps).mul_(clip_factor)
-        ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
+        ratio = max_norm / g_norm.clamp(min=NORM_EPS)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
         if not _untouched(coef):
             g.mul_(coef.to(g.dtype) if dtype is not None else coef)
@@ -163,8 +161,8 @@ class AGC(Clipper):
         parameters: NamedParamsLike | None = None,
     ) -> None:
         """Validate the settings; bind ``parameters`` for use inside a guarded step."""
-        self.clip_factor = check_positive("clip_factor", clip_factor)
-        self.eps = check_interval("eps", eps, 0.0, math.inf, "[)")
+        self.clip_factor = check_positive(clip_factor, "clip_factor")
+        self.eps = check_nonneg(eps, "eps", allow_inf=False)
         if isinstance(exclude, str):
             exclude = (exclude,)
         patterns = tuple(exclude)
@@ -174,7 +172,7 @@ class AGC(Clipper):
         self.exclude = patterns
         self._bound: list[tuple[Tensor, bool]] | None = None
         if parameters is not None:
-            self._bound = list(self._items(parameters))
+            self.bind(parameters)
         #: The summary of the last clipping done by :meth:`apply` (bound mode).
         self.last_result: ClipResult | None = None
 
@@ -193,11 +191,14 @@ class AGC(Clipper):
         :class:`~traintech.clip.GuardedStep` calls this with its optimizer's parameters when
         the AGC it is given has none bound (``exclude`` then needs names: bind the module).
         """
-        self._bound = list(self._items(parameters))
+        bound = list(self._items(parameters))
+        refuse_fsdp1([p for p, _ in bound])
+        self._bound = bound
 
     def _items(self, parameters: NamedParamsLike) -> Iterator[tuple[Tensor, bool]]:
         """Yield ``(parameter, excluded)`` for each parameter."""
         if isinstance(parameters, nn.Module):
+            refuse_fsdp1_module(parameters)
             parameters = parameters.named_parameters()
         elif isinstance(parameters, Tensor):
             parameters = [parameters]
@@ -229,6 +230,7 @@ class AGC(Clipper):
             TypeError: if an element of ``parameters`` is not a tensor or (name, tensor) pair.
         """
         items = [(p, excluded) for p, excluded in self._items(parameters) if p.grad is not None]
+        refuse_fsdp1([p for p, _ in items])
         if not items:
             raise ValueError(
                 "parameters has no gradients: AGC needs at least one tensor with a .grad (call "

@@ -20,10 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from traintech._constants import NORM_EPS
 from traintech._distributed import ReduceKey, all_reduce_packed, local_tensor, reduce_key
-
-#: Floor of a unit's gradient norm in the division, as in timm's ``adaptive_clip_grad``.
-GRAD_NORM_FLOOR = 1e-6
 
 
 def _unit_sq(x: Tensor, acc: torch.dtype) -> Tensor:
@@ -58,7 +56,7 @@ def adaptive_clip_grad_sharded_(
     def clip(i: int) -> tuple[Tensor, Tensor]:
         g_norm, w_norm = g_sq[i].sqrt(), w_sq[i].sqrt()
         max_norm = w_norm.clamp(min=eps) * clip_factor
-        ratio = max_norm / g_norm.clamp(min=GRAD_NORM_FLOOR)
+        ratio = max_norm / g_norm.clamp(min=NORM_EPS)
         coef = torch.where(g_norm < max_norm, torch.ones_like(ratio), ratio)
         g_local[i].mul_(coef.to(g_local[i].dtype))
         return g_sq[i].sum().to(device), (g_sq[i] * coef.square()).sum().to(device)

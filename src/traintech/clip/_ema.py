@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from traintech.clip._protocol import ClipResult
-from traintech.clip._spike import (
-    NORM_EPS,
+from traintech._constants import NORM_EPS
+from traintech.clip._adaptive import (
     AdaptiveClipper,
     check_count,
     check_interval,
     check_positive,
 )
+from traintech.clip._protocol import ClipResult
 
 
 class EMAClip(AdaptiveClipper):

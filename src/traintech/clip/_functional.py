@@ -7,6 +7,8 @@ multiply is skipped when the coefficient is exactly 1 (bit-identical: ``g * 1.0 
 
 from __future__ import annotations
 
+import math
+import struct
 import types
 import warnings
 
@@ -19,11 +21,14 @@ from traintech._compat import (
     foreach_mul_,
     group_by_device_dtype,
 )
-from traintech._distributed import local_tensors
+from traintech._constants import NORM_EPS
+from traintech._distributed import local_tensors, refuse_fsdp1
 from traintech.clip._norm import ParamsLike, as_tensor_list, total_norm
 
-#: Added to the norm in the clip coefficient, as in torch.
-CLIP_EPS = 1e-6
+_F32 = struct.Struct("f")
+
+#: ``NORM_EPS`` rounded to float32, as torch adds it to a float32 norm.
+_F32_EPS = _F32.unpack(_F32.pack(NORM_EPS))[0]
 
 #: Tensors above this many elements are clamped with one ``clamp_`` pass instead of two foreach
 #: passes (``clamp_min_`` then ``clamp_max_``) on CPU.
@@ -33,6 +38,7 @@ _LARGE = 1 << 16
 def _params_list(parameters: ParamsLike) -> list[Tensor]:
     is_generator = isinstance(parameters, types.GeneratorType)
     params = as_tensor_list(parameters)
+    refuse_fsdp1(params)
     if is_generator and len(params) == 0:
         warnings.warn(
             "`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3
@@ -52,12 +58,84 @@ def _use_foreach(foreach: bool | None, device: torch.device, grads: list[Tensor]
     return bool(foreach)
 
 
-def clip_coefficient(total: Tensor, max_norm: float | Tensor, eps: float = CLIP_EPS) -> Tensor:
+def clip_coefficient(total: Tensor, max_norm: float | Tensor, eps: float = NORM_EPS) -> Tensor:
     r"""The clip coefficient :math:`\min(1, \tau / (\|g\| + \epsilon))` as a 0-dim tensor.
 
-    Computed on the norm's device with a clamp instead of a branch, so it never syncs the host.
+    Computed on the norm's device with a clamp instead of a branch, and with ``max_norm`` as a
+    Python number (no host-to-device copy), so it never syncs the host.
     """
     return torch.clamp(max_norm / (total + eps), max=1.0)
+
+
+def coef_for(coef: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``coef`` moved to ``device``; off the CPU also cast to the gradients' ``dtype``.
+
+    CUDA's ``_foreach_mul_`` with a 0-dim tensor takes its fast (one launch per chunk of tensors)
+    path only when the scalar has the tensors' dtype; torch's own ``clip_grad_norm_`` multiplies
+    fp16/bf16 gradients by a coefficient of their dtype too. On CPU there is no such fast path and
+    the float32/float64 coefficient is kept: it is more precise (an fp16 coefficient below 6.1e-5
+    is subnormal).
+    """
+    if device.type == "cpu":
+        return coef.to(device)
+    return coef.to(device=device, dtype=dtype)
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (overflow gives inf, as in IEEE arithmetic)."""
+    try:
+        return float(_F32.unpack(_F32.pack(x))[0])
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def host_coefficient(total: Tensor, max_norm: float) -> float:
+    """:func:`clip_coefficient` of a CPU ``total``, computed in Python, to the same bits.
+
+    torch evaluates ``clamp(max_norm / (total + 1e-6), max=1)`` in ``total``'s dtype as
+    ``reciprocal(total + 1e-6) * max_norm``. Each step is one correctly rounded IEEE operation;
+    done in float64 and rounded to float32 it gives the float32 result exactly (float64 has more
+    than twice float32's precision, so the double rounding is harmless for +, * and /). This
+    replaces four tiny tensor operations. NaN stays NaN (as ``clamp``).
+    """
+    value = total.item()
+    try:
+        if total.dtype == torch.float32:
+            coef = _f32(_f32(1.0 / _f32(value + _F32_EPS)) * _f32(max_norm))
+        else:
+            coef = 1.0 / (value + NORM_EPS) * max_norm
+    except ZeroDivisionError:  # a norm is never -1e-6; keep IEEE semantics anyway
+        coef = math.copysign(math.inf, max_norm)
+    return coef if math.isnan(coef) else min(coef, 1.0)
+
+
+def _scale_by_number_(
+    grads: list[Tensor], coef: float, dtype: torch.dtype, foreach: bool | None
+) -> None:
+    """Multiply ``grads`` by the number ``coef`` (nothing to do when it is exactly 1).
+
+    CPU groups get ``coef`` as a 0-dim CPU tensor of ``dtype`` (torch's CPU kernels multiply by
+    a tensor scalar about twice as fast as by a Python number, and keep its float32 precision
+    for fp16/bf16); other devices get the Python number (a kernel argument: no copy, no sync).
+    """
+    if coef == 1.0:
+        return
+    grads = local_tensors(grads)
+    coef_cpu = torch.full((), coef, dtype=dtype)
+    first = grads[0].dtype
+    strided = torch.strided
+    if foreach is not False and all(
+        type(g) is Tensor and g.is_cpu and g.dtype is first and g.layout is strided for g in grads
+    ):
+        foreach_mul_(grads, coef_cpu)  # the common case: one group, checked in one pass
+        return
+    for (device, _), group in group_by_device_dtype(grads).items():
+        value: Tensor | float = coef_cpu if device.type == "cpu" else coef
+        if _use_foreach(foreach, device, group):
+            foreach_mul_(group, value)
+        else:
+            for g in group:
+                g.mul_(value)
 
 
 @torch.no_grad()
@@ -65,7 +143,9 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
     """Multiply every tensor in ``grads`` by the 0-dim ``coef`` in place, grouped by device/dtype.
 
     On CPU the multiply is skipped when ``coef`` is exactly 1 (reading a CPU scalar is free; on an
-    accelerator the multiply always runs, so there is no host sync). DTensor gradients are
+    accelerator the multiply always runs, so there is no host sync). Each (device, dtype) group
+    off the CPU is multiplied by ``coef`` cast to that group's dtype (:func:`coef_for`), so
+    CUDA's multi-tensor kernel stays on its fast path for fp16/bf16. DTensor gradients are
     scaled through their local shards.
     """
     if not grads:
@@ -77,10 +157,10 @@ def scale_grads_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None)
         and not torch.compiler.is_compiling()  # no host read inside a compiled graph
         and coef.item() == 1.0
     )
-    for (device, _), group in group_by_device_dtype(grads).items():
+    for (device, dtype), group in group_by_device_dtype(grads).items():
         if is_one and device.type == "cpu":
             continue
-        coef_dev = coef.to(device)
+        coef_dev = coef_for(coef, device, dtype)
         if _use_foreach(foreach, device, group):
             foreach_mul_(group, coef_dev)
         else:
@@ -142,7 +222,12 @@ def clip_grad_norm_(
             "non-finite norm anyway, set `error_if_nonfinite=False`"
         )
     max_norm = float(max_norm)
-    if grads:
+    if not grads:
+        return total
+    if total.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Reading a CPU scalar costs no sync: the coefficient as a number, the same bits.
+        _scale_by_number_(grads, host_coefficient(total, max_norm), total.dtype, foreach)
+    else:
         scale_grads_(grads, clip_coefficient(total, max_norm), foreach)
     return total
 
@@ -217,4 +302,5 @@ def grad_norm(parameters: ParamsLike, norm_type: float = 2.0) -> Tensor:
         tensor(5.)
     """
     params = as_tensor_list(parameters)
+    refuse_fsdp1(params)
     return total_norm([p.grad for p in params if p.grad is not None], float(norm_type))

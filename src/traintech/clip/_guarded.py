@@ -8,8 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from traintech._compat import record_scaler_found_inf, scaler_scale, scaler_unscaled
-from traintech._distributed import all_ranks_any
+from traintech._checks import check_nonneg, check_positive_int
+from traintech._compat import (
+    fused_step_with_scale,
+    record_scaler_found_inf,
+    scaler_scale,
+    scaler_unscaled,
+    supports_amp_scaling,
+)
+from traintech._distributed import all_ranks_any, refuse_fsdp1
 from traintech.clip._norm import total_norm
 from traintech.clip._protocol import Clipper, ClipResult
 from traintech.clip._skip_warnings import (
@@ -26,7 +33,6 @@ from traintech.clip._unwrap import (
     unwrap_optimizer,
     wrapper_scaler,
 )
-from traintech.clip._validate import check_nonneg, check_positive_int
 
 
 class TooManySkippedStepsError(RuntimeError):
@@ -62,7 +68,7 @@ class StepReport:
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
     groups_fused = all(bool(g.get("fused")) for g in optimizer.param_groups)
-    return groups_fused and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+    return groups_fused and supports_amp_scaling(optimizer)
 
 
 class GuardedStep:
@@ -168,10 +174,11 @@ class GuardedStep:
             raise TypeError(
                 f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
             )
+        refuse_fsdp1([p for group in optimizer.param_groups for p in group["params"]])
         if scaler is None and wrapper is not None:
             scaler = wrapper_scaler(wrapper)
         if warn_every is not None:
-            check_positive_int("warn_every", warn_every)
+            check_positive_int(warn_every, "warn_every")
         can_fold = _is_fused(optimizer) and (clipper is None or clipper.scales_uniformly())
         if fold and not can_fold:
             raise ValueError(
@@ -187,12 +194,12 @@ class GuardedStep:
                 clipper.bind([p for g in optimizer.param_groups for p in g["params"]])  # type: ignore[attr-defined]
         self.scaler = scaler
         self.max_norm_skip = (
-            None if max_norm_skip is None else check_nonneg("max_norm_skip", max_norm_skip)
+            None if max_norm_skip is None else check_nonneg(max_norm_skip, "max_norm_skip")
         )
         self.max_consecutive_skips = (
             None
             if max_consecutive_skips is None
-            else check_positive_int("max_consecutive_skips", max_consecutive_skips)
+            else check_positive_int(max_consecutive_skips, "max_consecutive_skips")
         )
         self.fold = can_fold if fold is None else fold
         # Tensors, not Python ints: a compiled step would specialise (recompile) on an int's value.
@@ -380,14 +387,11 @@ class GuardedStep:
             bad = bad | result.skip.to(device)
         inv = 1.0 / coef.to(torch.float32)
         grad_scale = inv if amp_scale is None else amp_scale.to(torch.float32) * inv
-        opt: Any = self.optimizer
-        opt.grad_scale = torch.where(bad, torch.ones_like(grad_scale), grad_scale)
-        opt.found_inf = bad.to(torch.float32)
-        try:
-            self.optimizer.step()
-        finally:
-            del opt.grad_scale
-            del opt.found_inf
+        fused_step_with_scale(
+            self.optimizer,
+            torch.where(bad, torch.ones_like(grad_scale), grad_scale),
+            bad.to(torch.float32),
+        )
         if scaler is not None:
             record_scaler_found_inf(scaler, self.optimizer, nonfinite.to(torch.float32))
             scaler.update()

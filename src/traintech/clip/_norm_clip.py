@@ -7,10 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from traintech.clip._functional import CLIP_EPS, clip_coefficient
+from traintech._checks import check_nonneg, check_norm_type
+from traintech._constants import NORM_EPS
+from traintech.clip._functional import clip_coefficient
 from traintech.clip._protocol import Clipper, ClipResult
 from traintech.clip._thresholds import refuse_zero_threshold
-from traintech.clip._validate import check_nonneg, check_norm_type
 
 _ZERO_FIX = "pass max_norm > 0 (e.g. 1.0), or no clipper to train without clipping"
 
@@ -46,7 +47,7 @@ class NormClip(Clipper):
     stateful = False
 
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
-        self.max_norm = check_nonneg("max_norm", max_norm)
+        self.max_norm = check_nonneg(max_norm, "max_norm")
         refuse_zero_threshold(self.max_norm, "max_norm", "NormClip", _ZERO_FIX)
         self.norm_type = check_norm_type(norm_type)
 
@@ -57,8 +58,8 @@ class NormClip(Clipper):
         """Coefficient ``min(1, max_norm / (norm + 1e-6))``; never asks to skip."""
         return ClipResult(
             norm=norm,
-            coef=clip_coefficient(norm, self.max_norm, CLIP_EPS),
-            threshold=torch.tensor(self.max_norm, dtype=norm.dtype, device=norm.device),
+            coef=clip_coefficient(norm, self.max_norm, NORM_EPS),
+            threshold=torch.full((), self.max_norm, dtype=norm.dtype, device=norm.device),
             skip=torch.zeros((), dtype=torch.bool, device=norm.device),
         )
 
@@ -69,5 +70,5 @@ class NormClip(Clipper):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the settings saved by :meth:`state_dict`."""
         super().load_state_dict(state_dict)
-        self.max_norm = check_nonneg("max_norm", state_dict["max_norm"])
+        self.max_norm = check_nonneg(state_dict["max_norm"], "max_norm")
         self.norm_type = check_norm_type(state_dict["norm_type"])

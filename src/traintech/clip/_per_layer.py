@@ -8,12 +8,12 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from traintech._checks import check_nonneg, check_norm_type
 from traintech._compat import foreach_mul_, foreach_norm
-from traintech._distributed import local_tensors
-from traintech.clip._functional import CLIP_EPS, scale_grads_
-from traintech.clip._norm import ROW, total_norm
-from traintech.clip._sharded import has_dtensor, sharded_total_norms
-from traintech.clip._validate import check_nonneg, check_norm_type
+from traintech._constants import NORM_EPS
+from traintech._distributed import any_dtensor, local_tensors, refuse_fsdp1, refuse_fsdp1_module
+from traintech.clip._functional import clip_coefficient, coef_for, scale_grads_
+from traintech.clip._norm import ROW, total_norms
 
 NamedParams = nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
 
@@ -23,6 +23,7 @@ _BY = ("tensor", "module")
 def _named(named_parameters: NamedParams) -> list[tuple[str, Tensor]]:
     items: list[tuple[str, Tensor]]
     if isinstance(named_parameters, nn.Module):
+        refuse_fsdp1_module(named_parameters)
         items = list(named_parameters.named_parameters())
     elif isinstance(named_parameters, Mapping):
         items = list(named_parameters.items())
@@ -39,6 +40,7 @@ def _named(named_parameters: NamedParams) -> list[tuple[str, Tensor]]:
                 f"named_parameters[{index}] is {type(item).__name__} ({item!r:.60}); expected a "
                 "(name, tensor) pair, e.g. model.named_parameters()"
             )
+    refuse_fsdp1([p for _, p in items])
     return items
 
 
@@ -54,8 +56,8 @@ def _layer_groups(items: list[tuple[str, Tensor]], by: str) -> dict[str, list[Te
 
 def _bounds(max_norm: float | Mapping[str, float], names: Iterable[str]) -> dict[str, float]:
     if isinstance(max_norm, Mapping):
-        return {n: check_nonneg(f"max_norm[{n!r}]", max_norm[n]) for n in names if n in max_norm}
-    bound = check_nonneg("max_norm", max_norm)
+        return {n: check_nonneg(max_norm[n], f"max_norm[{n!r}]") for n in names if n in max_norm}
+    bound = check_nonneg(max_norm, "max_norm")
     return {n: bound for n in names}
 
 
@@ -118,40 +120,68 @@ def clip_grad_norm_per_layer_(
 def _scale_layers(
     groups: dict[str, list[Tensor]], norms: list[Tensor], bounds: dict[str, float]
 ) -> None:
-    """Multiply each layer by its coefficient: one multi-tensor call when all share a device."""
-    if not norms:
+    """Multiply each bounded layer by its coefficient, without a host sync.
+
+    The bounds stay Python numbers (no host-to-device copy): the layers sharing a bound get their
+    coefficients from one vectorised ``clamp(bound / (norm + 1e-6), max=1)``; then each dtype
+    group of gradients is multiplied by its coefficients (cast to its dtype off the CPU, see
+    :func:`~traintech.clip._functional.coef_for`) in one multi-tensor call. Layers without a
+    bound are not touched.
+    """
+    bounded = [
+        (bounds[name], grads, norm)
+        for (name, grads), norm in zip(groups.items(), norms, strict=True)
+        if name in bounds and bounds[name] != math.inf  # an infinite bound leaves the layer as is
+    ]
+    if not bounded:
         return
-    devices = {g.device for grads in groups.values() for g in grads}
+    devices = {g.device for _, grads, _ in bounded for g in grads}
     if len(devices) > 1:
-        for (name, grads), norm in zip(groups.items(), norms, strict=True):
-            if name in bounds:
-                scale_grads_(grads, torch.clamp(bounds[name] / (norm + CLIP_EPS), max=1.0))
+        for bound, grads, norm in bounded:
+            scale_grads_(grads, clip_coefficient(norm, bound))
         return
-    stacked = torch.stack([n.to(torch.float64) for n in norms])
-    limit = torch.tensor(
-        [bounds.get(name, math.inf) for name in groups], dtype=torch.float64, device=stacked.device
-    )
-    clamped = torch.clamp(limit / (stacked + CLIP_EPS), max=1.0)
-    coefs = torch.where(torch.isinf(limit), torch.ones_like(clamped), clamped).unbind()
-    tensors = local_tensors([g for grads in groups.values() for g in grads])
-    per_tensor = [c for c, grads in zip(coefs, groups.values(), strict=True) for _ in grads]
-    foreach_mul_(tensors, per_tensor)
+    by_bound: dict[float, list[int]] = {}
+    for i, (bound, _, _) in enumerate(bounded):
+        by_bound.setdefault(bound, []).append(i)
+    order: list[int] = []
+    pieces: list[Tensor] = []
+    for bound, members in by_bound.items():
+        stacked = torch.stack([bounded[i][2].to(torch.float64) for i in members])
+        pieces.append(torch.clamp(bound / (stacked + NORM_EPS), max=1.0))
+        order.extend(members)
+    coefs = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    position = {layer: k for k, layer in enumerate(order)}
+    by_dtype: dict[torch.dtype, tuple[list[Tensor], list[int]]] = {}
+    for i, (_, grads, _) in enumerate(bounded):
+        for g in local_tensors(grads):
+            tensors, where = by_dtype.setdefault(g.dtype, ([], []))
+            tensors.append(g)
+            where.append(position[i])
+    device = next(iter(devices))
+    for dtype, (tensors, where) in by_dtype.items():
+        cast = coef_for(coefs, device, dtype).unbind()
+        foreach_mul_(tensors, [cast[k] for k in where])
 
 
 def _layer_norms(groups: dict[str, list[Tensor]], norm_type: float) -> list[Tensor]:
     """Norm of each group; one multi-tensor call for the many small single-tensor layers."""
-    if has_dtensor([g for grads in groups.values() for g in grads]):
-        return sharded_total_norms(list(groups.values()), norm_type)  # one all-reduce
+    if any_dtensor([g for grads in groups.values() for g in grads]):
+        return total_norms(list(groups.values()), norm_type)  # one packed all-reduce
     norms: list[Tensor | None] = [None] * len(groups)
     small: list[int] = []
+    rest: list[int] = []
     for i, grads in enumerate(groups.values()):
-        plain = grads[0].dtype in (torch.float32, torch.float64) and grads[0].is_contiguous()
-        if len(grads) == 1 and grads[0].numel() <= ROW and plain:
+        g = grads[0]
+        plain = g.dtype in (torch.float32, torch.float64) and g.is_contiguous()
+        if len(grads) == 1 and 0 < g.numel() <= ROW and plain and g.layout == torch.strided:
             small.append(i)  # short float32 reductions are already accurate
         else:
-            norms[i] = total_norm(grads, norm_type)
+            rest.append(i)  # an empty tensor's inf-norm is 0 there (torch's kernel refuses it)
+    values = list(groups.values())
+    if rest:
+        for i, norm in zip(rest, total_norms([values[i] for i in rest], norm_type), strict=True):
+            norms[i] = norm
     if small:
-        values = list(groups.values())
         tensors = [values[i][0] for i in small]
         for i, norm in zip(small, foreach_norm(tensors, norm_type), strict=True):
             norms[i] = norm

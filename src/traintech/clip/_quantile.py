@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from traintech.clip._protocol import ClipResult
-from traintech.clip._spike import (
-    NORM_EPS,
+from traintech._constants import NORM_EPS
+from traintech.clip._adaptive import (
     AdaptiveClipper,
     check_count,
     check_interval,
 )
+from traintech.clip._protocol import ClipResult
 
 
 def window_quantile(ordered: Tensor, count: Tensor, quantile: float) -> Tensor:

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._checks import check_nonneg
 from traintech.clip._functional import clamp_grads_
 from traintech.clip._norm import ParamsLike, collect_grads
 from traintech.clip._protocol import Clipper, ClipResult
 from traintech.clip._thresholds import refuse_zero_threshold
-from traintech.clip._validate import check_nonneg
 
 _ZERO_FIX = "pass clip_value > 0 (e.g. 1.0), or no clipper to train without clipping"
 
@@ -49,7 +49,7 @@ class ValueClip(Clipper):
     stateful = False
 
     def __init__(self, clip_value: float) -> None:
-        self.clip_value = check_nonneg("clip_value", clip_value)
+        self.clip_value = check_nonneg(clip_value, "clip_value")
         refuse_zero_threshold(self.clip_value, "clip_value", "ValueClip", _ZERO_FIX)
 
     def __repr__(self) -> str:
@@ -81,7 +81,7 @@ class ValueClip(Clipper):
         return ClipResult(
             norm=norm,
             coef=torch.ones((), dtype=norm.dtype, device=norm.device),
-            threshold=torch.tensor(self.clip_value, dtype=norm.dtype, device=norm.device),
+            threshold=torch.full((), self.clip_value, dtype=norm.dtype, device=norm.device),
             skip=torch.zeros((), dtype=torch.bool, device=norm.device),
         )
 
@@ -96,4 +96,4 @@ class ValueClip(Clipper):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the settings saved by :meth:`state_dict`."""
         super().load_state_dict(state_dict)
-        self.clip_value = check_nonneg("clip_value", state_dict["clip_value"])
+        self.clip_value = check_nonneg(state_dict["clip_value"], "clip_value")

@@ -8,15 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from traintech.clip._protocol import ClipResult
-from traintech.clip._spike import (
-    NORM_EPS,
+from traintech._constants import NORM_EPS
+from traintech.clip._adaptive import (
     AdaptiveClipper,
     check_choice,
     check_count,
     check_interval,
     check_positive,
 )
+from traintech.clip._protocol import ClipResult
 
 _MODES = ("zscore", "percentile")
 _CLIP_OPTIONS = ("adaptive_scaling", "mean")
@@ -74,7 +74,7 @@ class ZClip(AdaptiveClipper):
     ``pow`` may round one ulp differently), with the package's defaults. Unlike the package:
     the statistics are tensors on the gradients' device (no host sync),
     they survive :meth:`state_dict`, a non-finite norm never enters them, and ``skip_factor``
-    can ask the guarded step to skip the update of a spike (see :mod:`traintech.clip._spike`).
+    can ask the guarded step to skip the update of a spike (see :mod:`traintech.clip._adaptive`).
 
     Args:
         alpha: EMA smoothing factor in (0, 1); larger remembers longer.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from traintech._compat import DropoutNd
 from traintech.dropout._alpha import AlphaDropout, FeatureAlphaDropout
 from traintech.dropout._drop_block import DropBlock2d
 from traintech.dropout._drop_connect import DropConnect
@@ -38,7 +39,7 @@ def is_dropout_layer(module: nn.Module) -> bool:
     """Whether ``module`` is ours, ``torch.nn``'s (``Dropout*``, ``*AlphaDropout``) or a peer's."""
     return (
         is_ours(module)
-        or isinstance(module, nn.modules.dropout._DropoutNd)
+        or isinstance(module, DropoutNd)
         or type(module).__name__ in PEER_NAMES
     )
 

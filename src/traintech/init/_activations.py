@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from .._compat import DROPOUT_BASE, NORM_BASE, PADDING_BASES
+from .._compat import PADDING_BASES, DropoutNd, NormBase
 
 __all__ = ["Activation", "classify_function", "classify_module", "is_norm_module"]
 
@@ -126,7 +126,7 @@ _TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Upsample,
     nn.PixelShuffle,
     nn.ChannelShuffle,
-    DROPOUT_BASE,
+    DropoutNd,
     *PADDING_BASES,
 )
 
@@ -149,7 +149,7 @@ class Activation:
 def is_norm_module(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer (torch's, or any class named ``*Norm*``)."""
     norm_types = (
-        NORM_BASE,
+        NormBase,
         nn.LayerNorm,
         nn.GroupNorm,
         nn.RMSNorm,

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .._checks import check_nonneg
-from .._compat import CONV_ND_BASE
+from .._compat import ConvNd
 
 __all__ = [
     "LINEAR_NAMES",
@@ -96,7 +96,7 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
         )
     if module is None or isinstance(module, nn.Linear):
         return _torch_convention(tensor)
-    if isinstance(module, CONV_ND_BASE):
+    if isinstance(module, ConvNd):
         return _conv_fans(tensor, module)
     if is_conv1d_transposed_layout(module) and tensor is getattr(module, "weight", None):
         # transformers' Conv1D: y = x @ W + b with W of shape (in, out) = (nx, nf)
@@ -109,7 +109,7 @@ def fan_in_and_fan_out(tensor: Tensor, module: nn.Module | None = None) -> tuple
 
 
 def _conv_fans(tensor: Tensor, layer: nn.Module) -> tuple[float, float]:
-    module: Any = layer  # a CONV_ND_BASE instance
+    module: Any = layer  # a ConvNd instance
     kernel = tuple(module.kernel_size)
     if tensor.dim() != len(kernel) + 2 or tuple(tensor.shape[2:]) != kernel:
         raise ValueError(

@@ -27,13 +27,13 @@ from functools import partial
 
 from torch import Tensor, fx, nn
 
-from .._compat import CONV_ND_BASE
+from .._compat import ConvNd
 from ._activations import Activation, classify_function, classify_module
 from ._fans_and_gain import is_conv1d_transposed_layout
 
 __all__ = ["OUTPUT", "Followers", "Summary", "analyse", "find_followers", "is_weight_layer"]
 
-_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, CONV_ND_BASE)
+_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, ConvNd)
 _MAX_DEPTH = 64
 
 #: Marker: the value reaches the traced module's output.

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from traintech._checks import check_positive_int
-from traintech._compat import TorchBatchNormBase
+from traintech._compat import BatchNormBase
 from traintech.norm._stats import (
     blend_factor,
     check_channels,
@@ -87,7 +87,7 @@ def batch_norm(
     )
 
 
-class _BatchNorm(TorchBatchNormBase):
+class _BatchNorm(BatchNormBase):
     """Our checks on top of torch's BatchNorm (subclasses fix the accepted ranks).
 
     Parameters, buffers, ``state_dict`` versioning, ``extra_repr`` and the forward are torch's

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from traintech._checks import check_positive_int
-from traintech._compat import TorchBatchNormBase
+from traintech._compat import BatchNormBase
 from traintech.norm._batch_norm import BatchNorm2d
 from traintech.norm._frozen_batch_norm import FrozenBatchNorm2d
 from traintech.norm._group_norm import GroupNorm
@@ -22,7 +22,7 @@ BATCHNORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm2d,
     nn.BatchNorm3d,
     nn.SyncBatchNorm,
-    TorchBatchNormBase,
+    BatchNormBase,
 )
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from traintech._checks import check_positive_int
-from traintech._compat import TorchInstanceNormBase
+from traintech._compat import InstanceNormBase
 from traintech.norm._stats import check_eps, check_momentum, is_symbolic
 
 # Speed note: torch's native ``torch.instance_norm`` reshapes to one batch-norm "channel" per
@@ -79,7 +79,7 @@ def _check_spatial_size(input: Tensor) -> None:
         )
 
 
-class _InstanceNorm(TorchInstanceNormBase):
+class _InstanceNorm(InstanceNormBase):
     """Our checks on top of torch's InstanceNorm over ``(N, C, *)`` or unbatched ``(C, *)``.
 
     Parameters, buffers, ``state_dict`` handling (including torch's report of pre-0.4 running

@@ -32,10 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from traintech._compat import state_dtype
 from traintech.clip._protocol import Clipper, ClipResult
-
-#: Added to the norm before dividing, as in ``torch.nn.utils.clip_grad_norm_``.
-NORM_EPS = 1e-6
 
 
 def _check_number(name: str, value: object) -> float:
@@ -61,9 +59,7 @@ def check_interval(name: str, value: object, low: float, high: float, closed: st
     above = number >= low if closed[0] == "[" else number > low
     below = number <= high if closed[1] == "]" else number < high
     if not (above and below):
-        raise ValueError(
-            f"{name} ({value!r}) must lie in {closed[0]}{low}, {high}{closed[1]}"
-        )
+        raise ValueError(f"{name} ({value!r}) must lie in {closed[0]}{low}, {high}{closed[1]}")
     return number
 
 
@@ -121,11 +117,19 @@ class AdaptiveClipper(Clipper):
         return f"{type(self).__name__}({settings})"
 
     def _follow(self, norm: Tensor) -> Tensor:
-        """Move the state to ``norm``'s device (once) and return ``norm`` as float64."""
+        """Move the state to ``norm``'s device (once) and return ``norm`` in the state's dtype.
+
+        The state dtype is float64, or float32 on devices without float64 (MPS), see
+        :func:`traintech._compat.state_dtype`.
+        """
         device = norm.device
+        wide = state_dtype(device)
         if any(value.device != device for value in self._state.values()):
-            self._state = {name: value.to(device) for name, value in self._state.items()}
-        return norm.detach().to(torch.float64)
+            self._state = {
+                name: value.to(device, wide if value.dtype == torch.float64 else value.dtype)
+                for name, value in self._state.items()
+            }
+        return norm.detach().to(wide)
 
     def _result(
         self,
