@@ -31,6 +31,9 @@ def main() -> int:
         )
         try:
             result = function(rank, world_size, **kwargs)
+            # Every rank is done with its collectives before any rank tears gloo down (a rank
+            # destroying the group while a peer's gloo thread still talks to it aborts the peer).
+            dist.barrier()
         finally:
             dist.destroy_process_group()
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -148,7 +148,7 @@ class AdaptiveClipper(Clipper):
         coef = torch.where(finite, coef, one).to(norm.dtype)
         skip = ~finite
         if self.skip_factor is not None:
-            over = norm.detach().to(torch.float64) > boundary * self.skip_factor
+            over = norm.detach().to(state_dtype(norm.device)) > boundary * self.skip_factor
             skip = skip | (finite & spike & over)
         return ClipResult(norm=norm, coef=coef, threshold=threshold, skip=skip)
 

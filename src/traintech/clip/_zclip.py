@@ -239,7 +239,7 @@ class ZClip(AdaptiveClipper):
             effective, warm_threshold = adaptive, math.inf
             warm_coef = torch.ones_like(norm)
         coef = torch.where(g > effective, effective / (g + NORM_EPS), torch.ones_like(g))
-        coef = torch.where(ready, coef, warm_coef.to(torch.float64))
+        coef = torch.where(ready, coef, warm_coef.to(g.dtype))
         threshold = torch.where(ready, effective, g.new_full((), warm_threshold))
 
         update = ready & finite
