@@ -202,14 +202,14 @@ def test_importing_traintech_does_not_import_the_frameworks():
 # --- the state_dict helpers every adapter shares ------------------------------------------------
 
 
-def test_check_state_version_names_found_and_expected():
-    from traintech.integrations._core import check_state_version
+def test_check_version_names_found_and_expected():
+    from traintech.integrations._core import check_version
 
-    check_state_version({"_version": 1}, 1, "Owner")
+    check_version({"_version": 1}, 1, "Owner")
     with pytest.raises(ValueError, match=r"_version 0; Owner expects 1"):
-        check_state_version({"_version": 0}, 1, "Owner")
+        check_version({"_version": 0}, 1, "Owner")
     with pytest.raises(ValueError, match=r"_version None; Owner expects 1"):
-        check_state_version({}, 1, "Owner")
+        check_version({}, 1, "Owner")
 
 
 def test_restore_or_hold_loads_a_built_guard_and_holds_otherwise():

@@ -264,22 +264,18 @@ def plot_dropout(result: ExperimentResult, out: Path) -> dict[str, str]:
         for s, run in enumerate(n["per_seed"]):
             curves = run[f"char_{name}"]["curves"]
             first = s == 0
-            axes[0].plot(
-                curves["step"],
-                curves["train"],
-                "--",
-                color=color,
-                lw=0.8,
-                label=f"{text}: train" if first else None,
-            )
-            axes[0].plot(
-                curves["step"],
-                curves["val"],
-                "-",
-                color=color,
-                lw=1.2,
-                label=f"{text}: validation (each seed)" if first else None,
-            )
+            for key, style, lw, what in (
+                ("train", "--", 0.8, "train"),
+                ("val", "-", 1.2, "validation (each seed)"),
+            ):
+                axes[0].plot(
+                    curves["step"],
+                    curves[key],
+                    style,
+                    color=color,
+                    lw=lw,
+                    label=f"{text}: {what}" if first else None,
+                )
             best = min(range(len(curves["val"])), key=lambda i: curves["val"][i])
             axes[0].scatter(
                 [curves["step"][best]],

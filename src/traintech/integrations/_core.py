@@ -187,13 +187,13 @@ class GradientGuard:
         Raises:
             ValueError: for another ``_version``.
         """
-        check_state_version(state_dict, self._version, "GradientGuard")
+        check_version(state_dict, self._version, "GradientGuard")
         self.steps_applied = int(state_dict["steps_applied"])
         self.steps_skipped = int(state_dict["steps_skipped"])
         self._pending = restore_or_hold(self.guard, state_dict["guard"], self._pending)
 
 
-def check_state_version(state_dict: dict[str, Any], expected: int, owner: str) -> None:
+def check_version(state_dict: dict[str, Any], expected: int, owner: str) -> None:
     """Raise ``ValueError`` unless ``state_dict["_version"]`` is ``expected`` (``owner``'s version).
 
     Raises:

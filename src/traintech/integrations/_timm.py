@@ -17,7 +17,7 @@ from traintech.clip._quantile import QuantileClip
 from traintech.clip._unwrap import unwrap_optimizer
 from traintech.clip._value_clip import ValueClip
 from traintech.clip._zclip import ZClip
-from traintech.integrations._core import check_state_version, restore_or_hold
+from traintech.integrations._core import check_version, restore_or_hold
 
 _MODES = ("norm", "value", "agc", "zclip", "ema", "quantile")
 
@@ -175,6 +175,6 @@ class GuardedScaler:
         Raises:
             ValueError: for another ``_version``.
         """
-        check_state_version(state_dict, self._version, "GuardedScaler")
+        check_version(state_dict, self._version, "GuardedScaler")
         self._scaler.load_state_dict(state_dict["scaler"])
         self._pending = restore_or_hold(self.guard, state_dict["guard"], self._pending)

@@ -21,12 +21,7 @@ from torch import Tensor
 
 from traintech.clip._protocol import Clipper
 from traintech.clip._unwrap import mark_step_skipped, unwrap_optimizer, wrapper_scaler
-from traintech.integrations._core import (
-    IMPORT_HINT,
-    GradientGuard,
-    GuardCounts,
-    check_state_version,
-)
+from traintech.integrations._core import IMPORT_HINT, GradientGuard, GuardCounts, check_version
 from traintech.integrations._sinks import PendingLogs
 from traintech.monitor._monitor import Monitor
 
@@ -222,7 +217,7 @@ class TraintechCallback(GuardCounts, TrainerCallback):
         Raises:
             ValueError: for another ``_version``.
         """
-        check_state_version(state_dict, self._version, "TraintechCallback")
+        check_version(state_dict, self._version, "TraintechCallback")
         self.guard.load_state_dict(state_dict["guard"])
         self.nonfinite_losses = int(state_dict["nonfinite_losses"])
         if state_dict["monitor"] is not None and self.monitor is not None:

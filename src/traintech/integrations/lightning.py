@@ -15,12 +15,7 @@ import torch
 
 from traintech.clip._protocol import Clipper
 from traintech.clip._unwrap import unwrap_optimizer
-from traintech.integrations._core import (
-    IMPORT_HINT,
-    GradientGuard,
-    GuardCounts,
-    check_state_version,
-)
+from traintech.integrations._core import IMPORT_HINT, GradientGuard, GuardCounts, check_version
 from traintech.integrations._sinks import lightning_sink
 from traintech.monitor._monitor import Monitor
 from traintech.monitor._sink import record_metrics
@@ -156,7 +151,7 @@ class TraintechCallback(GuardCounts, Callback):
         Raises:
             ValueError: for another ``_version``.
         """
-        check_state_version(state_dict, self._version, "TraintechCallback")
+        check_version(state_dict, self._version, "TraintechCallback")
         self.guard.load_state_dict(state_dict["guard"])
         if state_dict["monitor"] is not None:
             if self.monitor is not None:
