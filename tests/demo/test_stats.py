@@ -194,3 +194,11 @@ def test_jobs_default_and_validation():
     assert default_jobs(1) == 1
     with pytest.raises(ValueError, match="jobs must be a positive integer or None, got 0"):
         _validate(["init"], None, 1, 0)
+
+
+def test_minus_is_per_seed_difference_and_refuses_unequal_lengths():
+    from traintech.demo._common import minus
+
+    assert minus([3.0, 1.5, math.inf], [1.0, 2.0, 0.0]) == [2.0, -0.5, math.inf]
+    with pytest.raises(ValueError):
+        minus([1.0, 2.0], [1.0])

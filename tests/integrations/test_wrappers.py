@@ -197,3 +197,32 @@ def test_importing_traintech_does_not_import_the_frameworks():
             "print(any(m in sys.modules for m in ('lightning', 'transformers', 'accelerate')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- the state_dict helpers every adapter shares ------------------------------------------------
+
+
+def test_check_version_names_found_and_expected():
+    from traintech.integrations._core import check_version
+
+    check_version({"_version": 1}, 1, "Owner")
+    with pytest.raises(ValueError, match=r"_version 0; Owner expects 1"):
+        check_version({"_version": 0}, 1, "Owner")
+    with pytest.raises(ValueError, match=r"_version None; Owner expects 1"):
+        check_version({}, 1, "Owner")
+
+
+def test_restore_or_hold_loads_a_built_guard_and_holds_otherwise():
+    from traintech.integrations._core import restore_or_hold
+
+    model = _model()
+    guard = GuardedStep(torch.optim.SGD(model.parameters(), lr=0.1), NormClip(1.0))
+    _grads(model, torch.randn(3, 4))
+    guard.step()
+    saved = copy.deepcopy(guard.state_dict())
+    held = {"held": True}
+    assert restore_or_hold(None, saved, held) is saved  # not built yet: hold the new state
+    assert restore_or_hold(None, None, held) is held  # nothing saved: keep what was held
+    fresh = GuardedStep(torch.optim.SGD(model.parameters(), lr=0.1), NormClip(1.0))
+    assert restore_or_hold(fresh, saved, held) is held  # built: loaded, pending unchanged
+    assert fresh.steps_taken == guard.steps_taken == 1

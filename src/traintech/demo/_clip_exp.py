@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from traintech.clip import clip_grad_norm_, clip_grad_value_
-from traintech.demo._common import ExperimentResult, Tick, effect, mean
+from traintech.demo._common import ExperimentResult, Tick, effect, mean, minus
 from traintech.demo._data import load_text
 from traintech.demo._impl import implementation_sources
 from traintech.demo._verdict import Check, Claim
@@ -191,7 +191,7 @@ def _per_seed(runs: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def _minus(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> list[float]:
-    return [x - y for x, y in zip(_per_seed(a, key), _per_seed(b, key), strict=True)]
+    return minus(_per_seed(a, key), _per_seed(b, key))
 
 
 def _claims(cfg: ClipConfig, runs: dict[str, list[dict[str, Any]]], uniform: float) -> list[Claim]:

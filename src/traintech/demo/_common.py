@@ -53,6 +53,11 @@ def mean(values: Sequence[float]) -> float:
     return statistics.fmean(finite) if finite else math.nan
 
 
+def minus(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Per-seed differences ``a[i] - b[i]`` (``ValueError`` when the lengths differ)."""
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
 def effect(what: str, per_seed: Sequence[float], op: str = ">", null: float = 0.0) -> Effect:
     """An :class:`Effect` from per-seed differences, with their 95% interval across seeds."""
     return Effect(what, seed_interval(per_seed), op, null)

@@ -256,6 +256,9 @@ def run_dropout(cfg: DropoutConfig, seeds: list[int], tick: Tick) -> ExperimentR
     def per_seed(part: str, key: str) -> list[float]:
         return [float(r[part][key]) for r in runs]
 
+    def arm_means(task: str, key: str) -> dict[str, float]:
+        return {arm: mean(per_seed(f"{task}_{arm}", key)) for arm in ("plain", "dropout")}
+
     ent = _pooled(runs, "entropy_test")
     ent_off = _pooled(runs, "entropy_test_dropout_off")
     correct = _pooled(runs, "correct").bool()
@@ -269,22 +272,10 @@ def run_dropout(cfg: DropoutConfig, seeds: list[int], tick: Tick) -> ExperimentR
         else (math.nan, math.nan, math.nan)
     )
     summary = {
-        "digits_test_accuracy": {
-            "plain": mean(per_seed("digits_plain", "test_accuracy")),
-            "dropout": mean(per_seed("digits_dropout", "test_accuracy")),
-        },
-        "char_val_loss": {
-            "plain": mean(per_seed("char_plain", "val_loss")),
-            "dropout": mean(per_seed("char_dropout", "val_loss")),
-        },
-        "char_best_val_loss": {
-            "plain": mean(per_seed("char_plain", "best_val_loss")),
-            "dropout": mean(per_seed("char_dropout", "best_val_loss")),
-        },
-        "char_gap": {
-            "plain": mean(per_seed("char_plain", "gap")),
-            "dropout": mean(per_seed("char_dropout", "gap")),
-        },
+        "digits_test_accuracy": arm_means("digits", "test_accuracy"),
+        "char_val_loss": arm_means("char", "val_loss"),
+        "char_best_val_loss": arm_means("char", "best_val_loss"),
+        "char_gap": arm_means("char", "gap"),
         "pooled": {
             "test_digits": len(correct),
             "misclassified": n_wrong,

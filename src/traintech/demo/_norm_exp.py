@@ -22,7 +22,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from traintech.demo._common import ExperimentResult, Tick, accuracy, effect, mean, train_classifier
+from traintech.demo._common import (
+    ExperimentResult,
+    Tick,
+    accuracy,
+    effect,
+    mean,
+    minus,
+    train_classifier,
+)
 from traintech.demo._data import load_digits
 from traintech.demo._impl import implementation_sources
 from traintech.demo._verdict import Check, Claim
@@ -186,12 +194,8 @@ def _claims(
     cfg: NormConfig, by_batch: dict[str, dict[int, list[float]]], max_lr: dict[str, list[float]]
 ) -> list[Claim]:
     small, large = min(cfg.batch_sizes), max(cfg.batch_sizes)
-    gn_minus_bn = [
-        g - b for g, b in zip(by_batch["group"][small], by_batch["batch"][small], strict=True)
-    ]
-    bn_drop = [
-        hi - lo for hi, lo in zip(by_batch["batch"][large], by_batch["batch"][small], strict=True)
-    ]
+    gn_minus_bn = minus(by_batch["group"][small], by_batch["batch"][small])
+    bn_drop = minus(by_batch["batch"][large], by_batch["batch"][small])
     small_batch = Claim(
         key="norm.small_batch",
         experiment="norm",
@@ -225,9 +229,7 @@ def _claims(
         note=f"SGD (momentum 0.9, lr {cfg.lr!r}), {cfg.epochs!r} epoch(s) and at least "
         f"{cfg.min_steps} steps at every batch size.",
     )
-    bn_vs_none = [
-        a - b for a, b in zip(by_batch["batch"][large], by_batch["none"][large], strict=True)
-    ]
+    bn_vs_none = minus(by_batch["batch"][large], by_batch["none"][large])
     bn_cnn = Claim(
         key="norm.bn_cnn",
         experiment="norm",

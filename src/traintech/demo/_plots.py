@@ -52,6 +52,12 @@ def _save(fig: Any, out: Path, name: str, claims: list[Claim]) -> str:
     return name
 
 
+def _save_captioned(fig: Any, out: Path, name: str, result: ExperimentResult) -> dict[str, str]:
+    """Save ``fig`` under the verdicts of all ``result``'s claims; return ``{file: caption}``."""
+    claims = _claims(result)
+    return {_save(fig, out, name, claims): " ".join(caption(c) for c in claims)}
+
+
 def _finite_positive(values: list[float]) -> list[float]:
     return [
         v if (isinstance(v, float | int) and v > 0 and math.isfinite(v)) else math.nan
@@ -112,9 +118,7 @@ def plot_init(result: ExperimentResult, out: Path) -> dict[str, str]:
     ax2.set_ylim(0, 1.05)
     ax2.set_ylabel("test accuracy (bar: mean; dots: seeds)")
     ax2.set_title(f"After training {result.settings['train_depth']}-layer MLPs")
-    claims = _claims(result)
-    name = _save(fig, out, "init_activation_std.png", claims)
-    return {name: " ".join(caption(c) for c in claims)}
+    return _save_captioned(fig, out, "init_activation_std.png", result)
 
 
 def plot_clip(result: ExperimentResult, out: Path) -> dict[str, str]:
@@ -150,9 +154,7 @@ def plot_clip(result: ExperimentResult, out: Path) -> dict[str, str]:
     )
     ax2.axhline(uniform, color="k", ls=":", lw=1)
     ax2.set_title("Val loss per arm (bar: mean, dots: seeds)")
-    claims = _claims(result)
-    name = _save(fig, out, "clip_curves.png", claims)
-    return {name: " ".join(caption(c) for c in claims)}
+    return _save_captioned(fig, out, "clip_curves.png", result)
 
 
 def plot_transformer(result: ExperimentResult, out: Path) -> dict[str, str]:
@@ -194,9 +196,7 @@ def plot_transformer(result: ExperimentResult, out: Path) -> dict[str, str]:
     )
     axes[2].axvline(len(per["norm"]) - 0.5, color="k", lw=0.8)
     axes[2].set_title("Val loss per arm (bar: mean, dots: seeds)")
-    claims = _claims(result)
-    name = _save(fig, out, "transformer.png", claims)
-    return {name: " ".join(caption(c) for c in claims)}
+    return _save_captioned(fig, out, "transformer.png", result)
 
 
 def plot_norm(result: ExperimentResult, out: Path) -> dict[str, str]:
@@ -249,9 +249,7 @@ def plot_norm(result: ExperimentResult, out: Path) -> dict[str, str]:
         ax.set_ylim(0, 1.05)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    claims = _claims(result)
-    name = _save(fig, out, "norm_accuracy.png", claims)
-    return {name: " ".join(caption(c) for c in claims)}
+    return _save_captioned(fig, out, "norm_accuracy.png", result)
 
 
 def plot_dropout(result: ExperimentResult, out: Path) -> dict[str, str]:
@@ -266,22 +264,18 @@ def plot_dropout(result: ExperimentResult, out: Path) -> dict[str, str]:
         for s, run in enumerate(n["per_seed"]):
             curves = run[f"char_{name}"]["curves"]
             first = s == 0
-            axes[0].plot(
-                curves["step"],
-                curves["train"],
-                "--",
-                color=color,
-                lw=0.8,
-                label=f"{text}: train" if first else None,
-            )
-            axes[0].plot(
-                curves["step"],
-                curves["val"],
-                "-",
-                color=color,
-                lw=1.2,
-                label=f"{text}: validation (each seed)" if first else None,
-            )
+            for key, style, lw, what in (
+                ("train", "--", 0.8, "train"),
+                ("val", "-", 1.2, "validation (each seed)"),
+            ):
+                axes[0].plot(
+                    curves["step"],
+                    curves[key],
+                    style,
+                    color=color,
+                    lw=lw,
+                    label=f"{text}: {what}" if first else None,
+                )
             best = min(range(len(curves["val"])), key=lambda i: curves["val"][i])
             axes[0].scatter(
                 [curves["step"][best]],
@@ -328,9 +322,7 @@ def plot_dropout(result: ExperimentResult, out: Path) -> dict[str, str]:
     axes[1].set_ylabel("density")
     axes[1].legend(fontsize=7)
     axes[1].grid(True, alpha=0.3)
-    claims = _claims(result)
-    name = _save(fig, out, "dropout.png", claims)
-    return {name: " ".join(caption(c) for c in claims)}
+    return _save_captioned(fig, out, "dropout.png", result)
 
 
 PLOTTERS = {

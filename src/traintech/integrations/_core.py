@@ -187,16 +187,53 @@ class GradientGuard:
         Raises:
             ValueError: for another ``_version``.
         """
-        version = state_dict.get("_version")
-        if version != self._version:
-            raise ValueError(
-                f"state_dict has _version {version!r}; GradientGuard expects {self._version}"
-            )
+        check_version(state_dict, self._version, "GradientGuard")
         self.steps_applied = int(state_dict["steps_applied"])
         self.steps_skipped = int(state_dict["steps_skipped"])
-        if state_dict["guard"] is None:
-            return
-        if self.guard is None:
-            self._pending = state_dict["guard"]
-        else:
-            self.guard.load_state_dict(state_dict["guard"])
+        self._pending = restore_or_hold(self.guard, state_dict["guard"], self._pending)
+
+
+def check_version(state_dict: dict[str, Any], expected: int, owner: str) -> None:
+    """Raise ``ValueError`` unless ``state_dict["_version"]`` is ``expected`` (``owner``'s version).
+
+    Raises:
+        ValueError: naming the version found and the one ``owner`` expects.
+    """
+    version = state_dict.get("_version")
+    if version != expected:
+        raise ValueError(f"state_dict has _version {version!r}; {owner} expects {expected}")
+
+
+def restore_or_hold(
+    guard: GuardedStep | None,
+    state: dict[str, Any] | None,
+    pending: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Load a saved guard ``state`` into ``guard``, or hold it until the guard is built.
+
+    Returns:
+        What the caller keeps pending: ``state`` when ``guard`` is not built yet, else the
+        unchanged ``pending`` (also when there is no saved ``state``).
+    """
+    if state is None:
+        return pending
+    if guard is None:
+        return state
+    guard.load_state_dict(state)
+    return pending
+
+
+class GuardCounts:
+    """The ``steps_applied``/``steps_skipped`` properties of an adapter holding a ``guard``."""
+
+    guard: GradientGuard
+
+    @property
+    def steps_applied(self) -> int:
+        """Optimizer steps let through."""
+        return self.guard.steps_applied
+
+    @property
+    def steps_skipped(self) -> int:
+        """Optimizer steps whose gradients were dropped."""
+        return self.guard.steps_skipped

@@ -17,6 +17,7 @@ from traintech.clip._quantile import QuantileClip
 from traintech.clip._unwrap import unwrap_optimizer
 from traintech.clip._value_clip import ValueClip
 from traintech.clip._zclip import ZClip
+from traintech.integrations._core import check_version, restore_or_hold
 
 _MODES = ("norm", "value", "agc", "zclip", "ema", "quantile")
 
@@ -174,15 +175,6 @@ class GuardedScaler:
         Raises:
             ValueError: for another ``_version``.
         """
-        version = state_dict.get("_version")
-        if version != self._version:
-            raise ValueError(
-                f"state_dict has _version {version!r}; GuardedScaler expects {self._version}"
-            )
+        check_version(state_dict, self._version, "GuardedScaler")
         self._scaler.load_state_dict(state_dict["scaler"])
-        if state_dict["guard"] is None:
-            return
-        if self.guard is None:
-            self._pending = state_dict["guard"]
-        else:
-            self.guard.load_state_dict(state_dict["guard"])
+        self._pending = restore_or_hold(self.guard, state_dict["guard"], self._pending)

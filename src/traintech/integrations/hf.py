@@ -21,7 +21,7 @@ from torch import Tensor
 
 from traintech.clip._protocol import Clipper
 from traintech.clip._unwrap import mark_step_skipped, unwrap_optimizer, wrapper_scaler
-from traintech.integrations._core import IMPORT_HINT, GradientGuard
+from traintech.integrations._core import IMPORT_HINT, GradientGuard, GuardCounts, check_version
 from traintech.integrations._sinks import PendingLogs
 from traintech.monitor._monitor import Monitor
 
@@ -41,7 +41,7 @@ def _loss_of(output: Any) -> Tensor | None:
     return loss if isinstance(loss, Tensor) else None
 
 
-class TraintechCallback(TrainerCallback):
+class TraintechCallback(GuardCounts, TrainerCallback):
     """Clip, skip non-finite steps, monitor and checkpoint inside the HF ``Trainer``.
 
     Hooks:
@@ -98,16 +98,6 @@ class TraintechCallback(TrainerCallback):
         self._losses: list[Tensor] = []
         self._hook: Any = None
         self._pending_logs = PendingLogs()
-
-    @property
-    def steps_applied(self) -> int:
-        """Optimizer steps let through."""
-        return self.guard.steps_applied
-
-    @property
-    def steps_skipped(self) -> int:
-        """Optimizer steps whose gradients were dropped."""
-        return self.guard.steps_skipped
 
     @staticmethod
     def _check_args(args: Any) -> None:
@@ -227,11 +217,7 @@ class TraintechCallback(TrainerCallback):
         Raises:
             ValueError: for another ``_version``.
         """
-        version = state_dict.get("_version")
-        if version != self._version:
-            raise ValueError(
-                f"state_dict has _version {version!r}; TraintechCallback expects {self._version}"
-            )
+        check_version(state_dict, self._version, "TraintechCallback")
         self.guard.load_state_dict(state_dict["guard"])
         self.nonfinite_losses = int(state_dict["nonfinite_losses"])
         if state_dict["monitor"] is not None and self.monitor is not None:

@@ -15,7 +15,7 @@ import torch
 
 from traintech.clip._protocol import Clipper
 from traintech.clip._unwrap import unwrap_optimizer
-from traintech.integrations._core import IMPORT_HINT, GradientGuard
+from traintech.integrations._core import IMPORT_HINT, GradientGuard, GuardCounts, check_version
 from traintech.integrations._sinks import lightning_sink
 from traintech.monitor._monitor import Monitor
 from traintech.monitor._sink import record_metrics
@@ -26,7 +26,7 @@ except ImportError as err:  # pragma: no cover - the extra is installed in the t
     raise ImportError(f"traintech.integrations.lightning needs lightning: {IMPORT_HINT}") from err
 
 
-class TraintechCallback(Callback):
+class TraintechCallback(GuardCounts, Callback):
     """Clip, skip non-finite steps, log and monitor a Lightning run, with its checkpoints.
 
     Hooks:
@@ -87,16 +87,6 @@ class TraintechCallback(Callback):
         self.log = log
         self._monitor_state: dict[str, Any] | None = None
         self._stepped = False
-
-    @property
-    def steps_applied(self) -> int:
-        """Optimizer steps let through."""
-        return self.guard.steps_applied
-
-    @property
-    def steps_skipped(self) -> int:
-        """Optimizer steps whose gradients were dropped."""
-        return self.guard.steps_skipped
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Refuse a second clipper (``gradient_clip_val``)."""
@@ -161,11 +151,7 @@ class TraintechCallback(Callback):
         Raises:
             ValueError: for another ``_version``.
         """
-        version = state_dict.get("_version")
-        if version != self._version:
-            raise ValueError(
-                f"state_dict has _version {version!r}; TraintechCallback expects {self._version}"
-            )
+        check_version(state_dict, self._version, "TraintechCallback")
         self.guard.load_state_dict(state_dict["guard"])
         if state_dict["monitor"] is not None:
             if self.monitor is not None:
