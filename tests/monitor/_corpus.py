@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from _monitor_models import mlp
 from torch import Tensor, nn
 
 from traintech.clip import GuardedStep, NormClip
@@ -29,15 +30,6 @@ WRONG_FOR_DIVERGENCE = frozenset({"vanishing_gradients", "update_ratio_low"})
 def _gen(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def _mlp(widths: tuple[int, ...], act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(widths) - 1):
-        layers.append(nn.Linear(widths[i], widths[i + 1]))
-        if i < len(widths) - 2:
-            layers.append(act())
-    return nn.Sequential(*layers)
 
 
 def _regression(n: int, d: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -103,6 +95,38 @@ def _text(gen: torch.Generator, n: int, vocab: int) -> Tensor:
     return torch.cat(pieces)[:n]
 
 
+def _fit_lm(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    ids: Tensor,
+    vocab: int,
+    seq: int,
+    steps: int,
+    gen: torch.Generator,
+    *,
+    batch: int = 16,
+    summed: bool = False,
+) -> Monitor:
+    """Next-token training on random windows of ``ids`` under a fresh ``Monitor(model, opt)``.
+
+    The loss is the mean cross-entropy, times ``seq`` (summed over time steps) if ``summed``.
+    """
+    mon = Monitor(model, opt)
+    offsets = torch.arange(seq + 1)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=gen)
+        chunk = ids[starts[:, None] + offsets]
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
+        if summed:
+            loss = loss * seq
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss)
+    return mon
+
+
 def exploding_rnn(seed: int = 0, steps: int = 40) -> Monitor:
     """The demo's exploding RNN: SGD at lr 2.0 on a loss summed over 50 time steps."""
     gen = _gen(seed)
@@ -110,18 +134,7 @@ def exploding_rnn(seed: int = 0, steps: int = 40) -> Monitor:
     ids = _text(gen, 20_000, vocab)
     model = CharRNN(vocab, 64)
     opt = torch.optim.SGD(model.parameters(), lr=2.0)
-    mon = Monitor(model, opt)
-    offsets = torch.arange(seq + 1)
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=gen)
-        chunk = ids[starts[:, None] + offsets]
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1)) * seq
-        loss.backward()
-        opt.step()
-        mon.step(loss=loss)
-    return mon
+    return _fit_lm(model, opt, ids, vocab, seq, steps, gen, summed=True)
 
 
 def demo_exploding_rnn(seed: int = 0, steps: int = 8) -> Monitor:
@@ -139,21 +152,10 @@ def demo_exploding_rnn(seed: int = 0, steps: int = 8) -> Monitor:
     gen = _gen(seed)
     model = DemoRNN(text.vocab_size, cfg.hidden)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    mon = Monitor(model, opt)
-    offsets = torch.arange(cfg.seq_len + 1)
-    for _ in range(steps):
-        starts = torch.randint(0, len(text.ids) - cfg.seq_len - 1, (cfg.batch_size,),
-                               generator=gen)
-        chunk = text.ids[starts[:, None] + offsets]
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(
-            model(x).reshape(-1, text.vocab_size), y.reshape(-1)
-        ) * cfg.seq_len
-        loss.backward()
-        opt.step()
-        mon.step(loss=loss)
-    return mon
+    return _fit_lm(
+        model, opt, text.ids, text.vocab_size, cfg.seq_len, steps, gen,
+        batch=cfg.batch_size, summed=True,
+    )
 
 
 def exploding_mlp(seed: int = 0, steps: int = 30) -> Monitor:
@@ -170,7 +172,7 @@ def nan_data(seed: int = 0, steps: int = 40) -> Monitor:
     """A healthy MLP fed one batch with a NaN feature at step 25."""
     gen = _gen(seed)
     x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    model = mlp((8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def tamper(t: int, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,7 +189,7 @@ def vanishing(seed: int = 0, steps: int = 30) -> Monitor:
     """A 10-layer sigmoid MLP with a small init: the first layers get almost no gradient."""
     gen = _gen(seed)
     x, y = _regression(1024, 8, gen)
-    model = _mlp((8,) + (32,) * 10 + (1,), act=nn.Sigmoid)
+    model = mlp((8,) + (32,) * 10 + (1,), act=nn.Sigmoid)
     with torch.no_grad():
         for m in model:
             if isinstance(m, nn.Linear):
@@ -201,7 +203,7 @@ def dead_relu(seed: int = 0, steps: int = 30) -> Monitor:
     """A ReLU MLP whose hidden biases start at -5: most units never fire."""
     gen = _gen(seed)
     x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 64, 64, 1))
+    model = mlp((8, 64, 64, 1))
     with torch.no_grad():
         model[0].bias.fill_(-5.0)
         model[2].bias.fill_(-5.0)
@@ -213,7 +215,7 @@ def loss_spike(seed: int = 0, steps: int = 80) -> Monitor:
     """A healthy MLP hit by one batch whose targets are 30x too large, at step 50."""
     gen = _gen(seed)
     x, y = _regression(2048, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    model = mlp((8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def tamper(t: int, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,7 +228,7 @@ def clip_saturated(seed: int = 0, steps: int = 40) -> Monitor:
     """A healthy MLP behind ``NormClip(1e-3)``: every step's gradient is scaled down."""
     gen = _gen(seed)
     x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    model = mlp((8, 32, 32, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     guard = GuardedStep(opt, NormClip(1e-3))
     return _fit(model, opt, Monitor(model, opt), x, y, steps, guard=guard)
@@ -236,7 +238,7 @@ def lr_too_low(seed: int = 0, steps: int = 40) -> Monitor:
     """Adam at lr 1e-8: the weights barely move."""
     gen = _gen(seed)
     x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    model = mlp((8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-8)
     return _fit(model, opt, Monitor(model, opt), x, y, steps)
 
@@ -246,7 +248,7 @@ def healthy_mlp(seed: int = 0, steps: int = 100) -> Monitor:
     """A ReLU MLP on a regression, Adam at 1e-3."""
     gen = _gen(seed)
     x, y = _regression(2048, 8, gen)
-    model = _mlp((8, 64, 64, 1))
+    model = mlp((8, 64, 64, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     return _fit(model, opt, Monitor(model, opt, activation_every=20), x, y, steps)
 
@@ -255,7 +257,7 @@ def healthy_sgd_tanh(seed: int = 0, steps: int = 100) -> Monitor:
     """A tanh MLP with SGD and momentum at a moderate learning rate."""
     gen = _gen(seed)
     x, y = _regression(2048, 8, gen)
-    model = _mlp((8, 64, 64, 1), act=nn.Tanh)
+    model = mlp((8, 64, 64, 1), act=nn.Tanh)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     return _fit(model, opt, Monitor(model, opt), x, y, steps)
 
@@ -285,18 +287,7 @@ def healthy_rnn(seed: int = 0, steps: int = 60) -> Monitor:
     ids = _text(gen, 20_000, vocab)
     model = CharRNN(vocab, 64)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    mon = Monitor(model, opt)
-    offsets = torch.arange(seq + 1)
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=gen)
-        chunk = ids[starts[:, None] + offsets]
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        mon.step(loss=loss)
-    return mon
+    return _fit_lm(model, opt, ids, vocab, seq, steps, gen)
 
 
 class TinyTransformer(nn.Module):
@@ -321,18 +312,7 @@ def healthy_transformer(seed: int = 0, steps: int = 60) -> Monitor:
     ids = _text(gen, 20_000, vocab)
     model = TinyTransformer(vocab, 32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    mon = Monitor(model, opt)
-    offsets = torch.arange(seq + 1)
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=gen)
-        chunk = ids[starts[:, None] + offsets]
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        mon.step(loss=loss)
-    return mon
+    return _fit_lm(model, opt, ids, vocab, seq, steps, gen)
 
 
 @dataclass(frozen=True)
