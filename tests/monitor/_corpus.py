@@ -38,6 +38,15 @@ def _regression(n: int, d: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     return x, torch.tanh(x @ w) + 0.05 * torch.randn(n, 1, generator=gen)
 
 
+def _mlp_case(
+    seed: int, n: int, widths: tuple[int, ...], act: type[nn.Module] = nn.ReLU
+) -> tuple[torch.Generator, Tensor, Tensor, nn.Sequential]:
+    """``(gen, x, y, model)``: seeded RNGs, ``n`` regression samples of 8 features, an MLP."""
+    gen = _gen(seed)
+    x, y = _regression(n, 8, gen)
+    return gen, x, y, mlp(widths, act=act)
+
+
 def _fit(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -170,9 +179,7 @@ def exploding_mlp(seed: int = 0, steps: int = 30) -> Monitor:
 
 def nan_data(seed: int = 0, steps: int = 40) -> Monitor:
     """A healthy MLP fed one batch with a NaN feature at step 25."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def tamper(t: int, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,9 +194,7 @@ def nan_data(seed: int = 0, steps: int = 40) -> Monitor:
 
 def vanishing(seed: int = 0, steps: int = 30) -> Monitor:
     """A 10-layer sigmoid MLP with a small init: the first layers get almost no gradient."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = mlp((8,) + (32,) * 10 + (1,), act=nn.Sigmoid)
+    gen, x, y, model = _mlp_case(seed, 1024, (8,) + (32,) * 10 + (1,), act=nn.Sigmoid)
     with torch.no_grad():
         for m in model:
             if isinstance(m, nn.Linear):
@@ -201,9 +206,7 @@ def vanishing(seed: int = 0, steps: int = 30) -> Monitor:
 
 def dead_relu(seed: int = 0, steps: int = 30) -> Monitor:
     """A ReLU MLP whose hidden biases start at -5: most units never fire."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = mlp((8, 64, 64, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 64, 64, 1))
     with torch.no_grad():
         model[0].bias.fill_(-5.0)
         model[2].bias.fill_(-5.0)
@@ -213,9 +216,7 @@ def dead_relu(seed: int = 0, steps: int = 30) -> Monitor:
 
 def loss_spike(seed: int = 0, steps: int = 80) -> Monitor:
     """A healthy MLP hit by one batch whose targets are 30x too large, at step 50."""
-    gen = _gen(seed)
-    x, y = _regression(2048, 8, gen)
-    model = mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 2048, (8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def tamper(t: int, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,9 +227,7 @@ def loss_spike(seed: int = 0, steps: int = 80) -> Monitor:
 
 def clip_saturated(seed: int = 0, steps: int = 40) -> Monitor:
     """A healthy MLP behind ``NormClip(1e-3)``: every step's gradient is scaled down."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 32, 32, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     guard = GuardedStep(opt, NormClip(1e-3))
     return _fit(model, opt, Monitor(model, opt), x, y, steps, guard=guard)
@@ -236,9 +235,7 @@ def clip_saturated(seed: int = 0, steps: int = 40) -> Monitor:
 
 def lr_too_low(seed: int = 0, steps: int = 40) -> Monitor:
     """Adam at lr 1e-8: the weights barely move."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-8)
     return _fit(model, opt, Monitor(model, opt), x, y, steps)
 
@@ -246,18 +243,14 @@ def lr_too_low(seed: int = 0, steps: int = 40) -> Monitor:
 # ------------------------------------------------------------------------------ healthy runs
 def healthy_mlp(seed: int = 0, steps: int = 100) -> Monitor:
     """A ReLU MLP on a regression, Adam at 1e-3."""
-    gen = _gen(seed)
-    x, y = _regression(2048, 8, gen)
-    model = mlp((8, 64, 64, 1))
+    _, x, y, model = _mlp_case(seed, 2048, (8, 64, 64, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     return _fit(model, opt, Monitor(model, opt, activation_every=20), x, y, steps)
 
 
 def healthy_sgd_tanh(seed: int = 0, steps: int = 100) -> Monitor:
     """A tanh MLP with SGD and momentum at a moderate learning rate."""
-    gen = _gen(seed)
-    x, y = _regression(2048, 8, gen)
-    model = mlp((8, 64, 64, 1), act=nn.Tanh)
+    _, x, y, model = _mlp_case(seed, 2048, (8, 64, 64, 1), act=nn.Tanh)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     return _fit(model, opt, Monitor(model, opt), x, y, steps)
 
