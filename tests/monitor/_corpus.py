@@ -15,12 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from _monitor_models import mlp
 from torch import Tensor, nn
 
 from traintech.clip import GuardedStep, NormClip
+from traintech.demo._clip_exp import CharRNN  # the demo's model: embedding, tanh RNN, read-out
 from traintech.monitor import Monitor
 
 #: Rules that would tell a diverging run the opposite of what it needs.
@@ -79,20 +81,6 @@ def _fit(
 
 
 # ------------------------------------------------------------------------------ pathologies
-class CharRNN(nn.Module):
-    """Embedding, a vanilla tanh RNN and a linear read-out (the demo's exploding model)."""
-
-    def __init__(self, vocab: int, hidden: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, hidden)
-        self.rnn = nn.RNN(hidden, hidden, nonlinearity="tanh", batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        out, _ = self.rnn(self.embed(ids))
-        return self.head(out)
-
-
 def _text(gen: torch.Generator, n: int, vocab: int) -> Tensor:
     """A token stream with structure to learn: noisy repeats of a few random words."""
     words = [torch.randint(0, vocab, (int(k),), generator=gen) for k in range(3, 9)]
@@ -136,14 +124,29 @@ def _fit_lm(
     return mon
 
 
+def _lm_case(
+    seed: int,
+    steps: int,
+    seq: int,
+    make_model: Callable[[int], nn.Module],
+    make_opt: Callable[[Any], torch.optim.Optimizer],
+    *,
+    summed: bool = False,
+) -> Monitor:
+    """A run of :func:`_fit_lm` on a 20 000-token stream over 32 symbols drawn from ``seed``."""
+    gen = _gen(seed)
+    vocab = 32
+    ids = _text(gen, 20_000, vocab)
+    model = make_model(vocab)
+    return _fit_lm(model, make_opt(model.parameters()), ids, vocab, seq, steps, gen, summed=summed)
+
+
 def exploding_rnn(seed: int = 0, steps: int = 40) -> Monitor:
     """The demo's exploding RNN: SGD at lr 2.0 on a loss summed over 50 time steps."""
-    gen = _gen(seed)
-    vocab, seq = 32, 50
-    ids = _text(gen, 20_000, vocab)
-    model = CharRNN(vocab, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=2.0)
-    return _fit_lm(model, opt, ids, vocab, seq, steps, gen, summed=True)
+    return _lm_case(
+        seed, steps, 50, lambda v: CharRNN(v, 64), lambda p: torch.optim.SGD(p, lr=2.0),
+        summed=True,
+    )
 
 
 def demo_exploding_rnn(seed: int = 0, steps: int = 8) -> Monitor:
@@ -152,14 +155,13 @@ def demo_exploding_rnn(seed: int = 0, steps: int = 8) -> Monitor:
     Same model, data, batch and summed loss as ``traintech demo``'s clipping experiment
     (``traintech.demo._clip_exp``), cut to ``steps`` steps.
     """
-    from traintech.demo._clip_exp import CharRNN as DemoRNN
     from traintech.demo._clip_exp import ClipConfig
     from traintech.demo._data import load_text
 
     cfg = ClipConfig()
     text = load_text()
     gen = _gen(seed)
-    model = DemoRNN(text.vocab_size, cfg.hidden)
+    model = CharRNN(text.vocab_size, cfg.hidden)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     return _fit_lm(
         model, opt, text.ids, text.vocab_size, cfg.seq_len, steps, gen,
@@ -275,12 +277,9 @@ def healthy_cnn(seed: int = 0, steps: int = 60) -> Monitor:
 
 def healthy_rnn(seed: int = 0, steps: int = 60) -> Monitor:
     """The same char RNN as the exploding run, with Adam at 3e-3 and a mean loss."""
-    gen = _gen(seed)
-    vocab, seq = 32, 30
-    ids = _text(gen, 20_000, vocab)
-    model = CharRNN(vocab, 64)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    return _fit_lm(model, opt, ids, vocab, seq, steps, gen)
+    return _lm_case(
+        seed, steps, 30, lambda v: CharRNN(v, 64), lambda p: torch.optim.Adam(p, lr=3e-3)
+    )
 
 
 class TinyTransformer(nn.Module):
@@ -300,12 +299,9 @@ class TinyTransformer(nn.Module):
 
 def healthy_transformer(seed: int = 0, steps: int = 60) -> Monitor:
     """A one-layer Transformer learning to copy a shifted token stream, AdamW at 1e-3."""
-    gen = _gen(seed)
-    vocab, seq = 32, 16
-    ids = _text(gen, 20_000, vocab)
-    model = TinyTransformer(vocab, 32)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    return _fit_lm(model, opt, ids, vocab, seq, steps, gen)
+    return _lm_case(
+        seed, steps, 16, lambda v: TinyTransformer(v, 32), lambda p: torch.optim.AdamW(p, lr=1e-3)
+    )
 
 
 @dataclass(frozen=True)
