@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
+from _cuda_sync import no_host_sync
 from traintech.clip import (
     AGC,
     EMAClip,
@@ -34,17 +34,6 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 #: Tolerance on gradients of each dtype (one rounding of the result, plus the coefficient's).
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 SHAPES = [(64, 32), (32,), (17, 5, 3), (1,), (0,), (1000,)]
-
-
-@contextmanager
-def no_sync() -> Iterator[None]:
-    """Raise on any synchronizing CUDA call inside the block."""
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
 
 
 def _params(dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> list[nn.Parameter]:
@@ -82,7 +71,7 @@ def test_clip_grad_norm_matches_the_formula_and_torch(dtype, norm_type, factor):
     before = [p.grad.double() for p in ours]
     ref = _f64_norm(before, norm_type)
     max_norm = factor * ref.item()
-    with no_sync():
+    with no_host_sync():
         total = clip_grad_norm_(ours, max_norm, norm_type=norm_type)
     assert total.device.type == DEVICE and total.dtype == torch.float32
     torch.testing.assert_close(total.double().cpu(), ref.cpu(), rtol=1e-6, atol=0)
@@ -103,7 +92,7 @@ def test_clip_grad_norm_matches_the_formula_and_torch(dtype, norm_type, factor):
 def test_grad_norm_and_clip_grad_value_match_torch(dtype):
     ours = _params(dtype, scale=3.0)
     theirs = _clone(ours)
-    with no_sync():
+    with no_host_sync():
         norm = grad_norm(ours)
         clip_grad_value_(ours, 1.5)
     torch.testing.assert_close(
@@ -121,7 +110,7 @@ def test_per_layer_matches_torch_layer_by_layer(dtype, norm_type):
     named = {f"p{i}": p for i, p in enumerate(ours)}
     theirs = _clone(ours)
     bounds = {name: 0.5 + i for i, name in enumerate(named)}
-    with no_sync():
+    with no_host_sync():
         norms = clip_grad_norm_per_layer_(named, bounds, norm_type=norm_type)
     for (name, p), q in zip(named.items(), theirs, strict=True):
         ref = _f64_norm([q.grad], norm_type)
@@ -153,7 +142,7 @@ def test_every_clipper_runs_without_a_sync_and_agrees_with_cpu(name, dtype):
         twins = [copy.deepcopy(p.detach()).cpu().requires_grad_() for p in params]
         for p, t in zip(params, twins, strict=True):
             t.grad = p.grad.cpu().clone()
-        with no_sync():
+        with no_host_sync():
             result = gpu(params)  # type: ignore[operator]
         expected = cpu(twins)  # type: ignore[operator]
         assert result.norm.device.type == DEVICE

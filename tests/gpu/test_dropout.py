@@ -5,14 +5,14 @@ Marked ``cuda`` by this folder's conftest and skipped without a CUDA device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
 import traintech.dropout as D
+from _cuda_sync import no_host_sync
 from traintech.dropout import _kernel
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -49,16 +49,6 @@ LAYERS: dict[str, tuple[Callable[..., nn.Module], Callable[[], nn.Module] | None
     "DropPath": (lambda g: D.DropPath(P, generator=g), None, (4096, 64)),
     "DropBlock2d": (lambda g: D.DropBlock2d(P, 3, generator=g), None, (32, 64, 16, 16)),
 }
-
-
-@contextmanager
-def no_host_sync() -> Iterator[None]:
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def _x(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

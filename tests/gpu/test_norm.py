@@ -9,8 +9,7 @@ backward; RMSNorm and the fused add + RMSNorm must run torch's own kernels, neve
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -20,6 +19,8 @@ from torch import nn
 
 import traintech.norm as tn
 import traintech.norm._rms_norm as rms_module
+from _cuda_sync import no_host_sync
+from _norm_helpers import randomize_norm_state
 
 DEVICE = "cuda"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -51,28 +52,11 @@ LAYERS: list[tuple[str, Callable[[], nn.Module], Callable[[], nn.Module], tuple[
 IDS = [row[0] for row in LAYERS]
 
 
-@contextmanager
-def no_host_sync() -> Iterator[None]:
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
-
 def _pair(ours_f: Callable[[], nn.Module], theirs_f: Callable[[], nn.Module],
           dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     theirs = theirs_f()
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-        for name, b in theirs.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen))
+    randomize_norm_state(theirs, gen)
     ours = ours_f()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return ours.to(DEVICE, dtype), theirs.to(DEVICE, dtype)

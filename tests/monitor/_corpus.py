@@ -15,11 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from _monitor_models import mlp
 from torch import Tensor, nn
 
 from traintech.clip import GuardedStep, NormClip
+from traintech.demo._clip_exp import CharRNN  # the demo's model: embedding, tanh RNN, read-out
 from traintech.monitor import Monitor
 
 #: Rules that would tell a diverging run the opposite of what it needs.
@@ -31,19 +34,19 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _mlp(widths: tuple[int, ...], act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(widths) - 1):
-        layers.append(nn.Linear(widths[i], widths[i + 1]))
-        if i < len(widths) - 2:
-            layers.append(act())
-    return nn.Sequential(*layers)
-
-
 def _regression(n: int, d: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     x = torch.randn(n, d, generator=gen)
     w = torch.randn(d, 1, generator=gen) / math.sqrt(d)
     return x, torch.tanh(x @ w) + 0.05 * torch.randn(n, 1, generator=gen)
+
+
+def _mlp_case(
+    seed: int, n: int, widths: tuple[int, ...], act: type[nn.Module] = nn.ReLU
+) -> tuple[torch.Generator, Tensor, Tensor, nn.Sequential]:
+    """``(gen, x, y, model)``: seeded RNGs, ``n`` regression samples of 8 features, an MLP."""
+    gen = _gen(seed)
+    x, y = _regression(n, 8, gen)
+    return gen, x, y, mlp(widths, act=act)
 
 
 def _fit(
@@ -78,20 +81,6 @@ def _fit(
 
 
 # ------------------------------------------------------------------------------ pathologies
-class CharRNN(nn.Module):
-    """Embedding, a vanilla tanh RNN and a linear read-out (the demo's exploding model)."""
-
-    def __init__(self, vocab: int, hidden: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, hidden)
-        self.rnn = nn.RNN(hidden, hidden, nonlinearity="tanh", batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        out, _ = self.rnn(self.embed(ids))
-        return self.head(out)
-
-
 def _text(gen: torch.Generator, n: int, vocab: int) -> Tensor:
     """A token stream with structure to learn: noisy repeats of a few random words."""
     words = [torch.randint(0, vocab, (int(k),), generator=gen) for k in range(3, 9)]
@@ -103,25 +92,61 @@ def _text(gen: torch.Generator, n: int, vocab: int) -> Tensor:
     return torch.cat(pieces)[:n]
 
 
-def exploding_rnn(seed: int = 0, steps: int = 40) -> Monitor:
-    """The demo's exploding RNN: SGD at lr 2.0 on a loss summed over 50 time steps."""
-    gen = _gen(seed)
-    vocab, seq = 32, 50
-    ids = _text(gen, 20_000, vocab)
-    model = CharRNN(vocab, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=2.0)
+def _fit_lm(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    ids: Tensor,
+    vocab: int,
+    seq: int,
+    steps: int,
+    gen: torch.Generator,
+    *,
+    batch: int = 16,
+    summed: bool = False,
+) -> Monitor:
+    """Next-token training on random windows of ``ids`` under a fresh ``Monitor(model, opt)``.
+
+    The loss is the mean cross-entropy, times ``seq`` (summed over time steps) if ``summed``.
+    """
     mon = Monitor(model, opt)
     offsets = torch.arange(seq + 1)
     for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=gen)
+        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=gen)
         chunk = ids[starts[:, None] + offsets]
         x, y = chunk[:, :-1], chunk[:, 1:]
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1)) * seq
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
+        if summed:
+            loss = loss * seq
         loss.backward()
         opt.step()
         mon.step(loss=loss)
     return mon
+
+
+def _lm_case(
+    seed: int,
+    steps: int,
+    seq: int,
+    make_model: Callable[[int], nn.Module],
+    make_opt: Callable[[Any], torch.optim.Optimizer],
+    *,
+    summed: bool = False,
+) -> Monitor:
+    """A run of :func:`_fit_lm` on a 20 000-token stream over 32 symbols drawn from ``seed``."""
+    gen = _gen(seed)
+    vocab = 32
+    ids = _text(gen, 20_000, vocab)
+    model = make_model(vocab)
+    return _fit_lm(model, make_opt(model.parameters()), ids, vocab, seq, steps, gen, summed=summed)
+
+
+def exploding_rnn(seed: int = 0, steps: int = 40) -> Monitor:
+    """The demo's exploding RNN: SGD at lr 2.0 on a loss summed over 50 time steps."""
+    return _lm_case(
+        seed, steps, 50, lambda v: CharRNN(v, 64), lambda p: torch.optim.SGD(p, lr=2.0),
+        summed=True,
+    )
 
 
 def demo_exploding_rnn(seed: int = 0, steps: int = 8) -> Monitor:
@@ -130,30 +155,18 @@ def demo_exploding_rnn(seed: int = 0, steps: int = 8) -> Monitor:
     Same model, data, batch and summed loss as ``traintech demo``'s clipping experiment
     (``traintech.demo._clip_exp``), cut to ``steps`` steps.
     """
-    from traintech.demo._clip_exp import CharRNN as DemoRNN
     from traintech.demo._clip_exp import ClipConfig
     from traintech.demo._data import load_text
 
     cfg = ClipConfig()
     text = load_text()
     gen = _gen(seed)
-    model = DemoRNN(text.vocab_size, cfg.hidden)
+    model = CharRNN(text.vocab_size, cfg.hidden)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    mon = Monitor(model, opt)
-    offsets = torch.arange(cfg.seq_len + 1)
-    for _ in range(steps):
-        starts = torch.randint(0, len(text.ids) - cfg.seq_len - 1, (cfg.batch_size,),
-                               generator=gen)
-        chunk = text.ids[starts[:, None] + offsets]
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(
-            model(x).reshape(-1, text.vocab_size), y.reshape(-1)
-        ) * cfg.seq_len
-        loss.backward()
-        opt.step()
-        mon.step(loss=loss)
-    return mon
+    return _fit_lm(
+        model, opt, text.ids, text.vocab_size, cfg.seq_len, steps, gen,
+        batch=cfg.batch_size, summed=True,
+    )
 
 
 def exploding_mlp(seed: int = 0, steps: int = 30) -> Monitor:
@@ -168,9 +181,7 @@ def exploding_mlp(seed: int = 0, steps: int = 30) -> Monitor:
 
 def nan_data(seed: int = 0, steps: int = 40) -> Monitor:
     """A healthy MLP fed one batch with a NaN feature at step 25."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def tamper(t: int, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
@@ -185,9 +196,7 @@ def nan_data(seed: int = 0, steps: int = 40) -> Monitor:
 
 def vanishing(seed: int = 0, steps: int = 30) -> Monitor:
     """A 10-layer sigmoid MLP with a small init: the first layers get almost no gradient."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = _mlp((8,) + (32,) * 10 + (1,), act=nn.Sigmoid)
+    gen, x, y, model = _mlp_case(seed, 1024, (8,) + (32,) * 10 + (1,), act=nn.Sigmoid)
     with torch.no_grad():
         for m in model:
             if isinstance(m, nn.Linear):
@@ -199,9 +208,7 @@ def vanishing(seed: int = 0, steps: int = 30) -> Monitor:
 
 def dead_relu(seed: int = 0, steps: int = 30) -> Monitor:
     """A ReLU MLP whose hidden biases start at -5: most units never fire."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 64, 64, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 64, 64, 1))
     with torch.no_grad():
         model[0].bias.fill_(-5.0)
         model[2].bias.fill_(-5.0)
@@ -211,9 +218,7 @@ def dead_relu(seed: int = 0, steps: int = 30) -> Monitor:
 
 def loss_spike(seed: int = 0, steps: int = 80) -> Monitor:
     """A healthy MLP hit by one batch whose targets are 30x too large, at step 50."""
-    gen = _gen(seed)
-    x, y = _regression(2048, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 2048, (8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def tamper(t: int, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,9 +229,7 @@ def loss_spike(seed: int = 0, steps: int = 80) -> Monitor:
 
 def clip_saturated(seed: int = 0, steps: int = 40) -> Monitor:
     """A healthy MLP behind ``NormClip(1e-3)``: every step's gradient is scaled down."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 32, 32, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     guard = GuardedStep(opt, NormClip(1e-3))
     return _fit(model, opt, Monitor(model, opt), x, y, steps, guard=guard)
@@ -234,9 +237,7 @@ def clip_saturated(seed: int = 0, steps: int = 40) -> Monitor:
 
 def lr_too_low(seed: int = 0, steps: int = 40) -> Monitor:
     """Adam at lr 1e-8: the weights barely move."""
-    gen = _gen(seed)
-    x, y = _regression(1024, 8, gen)
-    model = _mlp((8, 32, 32, 1))
+    _, x, y, model = _mlp_case(seed, 1024, (8, 32, 32, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-8)
     return _fit(model, opt, Monitor(model, opt), x, y, steps)
 
@@ -244,18 +245,14 @@ def lr_too_low(seed: int = 0, steps: int = 40) -> Monitor:
 # ------------------------------------------------------------------------------ healthy runs
 def healthy_mlp(seed: int = 0, steps: int = 100) -> Monitor:
     """A ReLU MLP on a regression, Adam at 1e-3."""
-    gen = _gen(seed)
-    x, y = _regression(2048, 8, gen)
-    model = _mlp((8, 64, 64, 1))
+    _, x, y, model = _mlp_case(seed, 2048, (8, 64, 64, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     return _fit(model, opt, Monitor(model, opt, activation_every=20), x, y, steps)
 
 
 def healthy_sgd_tanh(seed: int = 0, steps: int = 100) -> Monitor:
     """A tanh MLP with SGD and momentum at a moderate learning rate."""
-    gen = _gen(seed)
-    x, y = _regression(2048, 8, gen)
-    model = _mlp((8, 64, 64, 1), act=nn.Tanh)
+    _, x, y, model = _mlp_case(seed, 2048, (8, 64, 64, 1), act=nn.Tanh)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     return _fit(model, opt, Monitor(model, opt), x, y, steps)
 
@@ -280,23 +277,9 @@ def healthy_cnn(seed: int = 0, steps: int = 60) -> Monitor:
 
 def healthy_rnn(seed: int = 0, steps: int = 60) -> Monitor:
     """The same char RNN as the exploding run, with Adam at 3e-3 and a mean loss."""
-    gen = _gen(seed)
-    vocab, seq = 32, 30
-    ids = _text(gen, 20_000, vocab)
-    model = CharRNN(vocab, 64)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    mon = Monitor(model, opt)
-    offsets = torch.arange(seq + 1)
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=gen)
-        chunk = ids[starts[:, None] + offsets]
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        mon.step(loss=loss)
-    return mon
+    return _lm_case(
+        seed, steps, 30, lambda v: CharRNN(v, 64), lambda p: torch.optim.Adam(p, lr=3e-3)
+    )
 
 
 class TinyTransformer(nn.Module):
@@ -316,23 +299,9 @@ class TinyTransformer(nn.Module):
 
 def healthy_transformer(seed: int = 0, steps: int = 60) -> Monitor:
     """A one-layer Transformer learning to copy a shifted token stream, AdamW at 1e-3."""
-    gen = _gen(seed)
-    vocab, seq = 32, 16
-    ids = _text(gen, 20_000, vocab)
-    model = TinyTransformer(vocab, 32)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    mon = Monitor(model, opt)
-    offsets = torch.arange(seq + 1)
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=gen)
-        chunk = ids[starts[:, None] + offsets]
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        mon.step(loss=loss)
-    return mon
+    return _lm_case(
+        seed, steps, 16, lambda v: TinyTransformer(v, 32), lambda p: torch.optim.AdamW(p, lr=1e-3)
+    )
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class LogBlock(nn.Module):
         return self.out(torch.log(self.inner(x)))
 
 
-def mlp(widths=(6, 16, 16, 1), act=nn.ReLU) -> nn.Sequential:
+def mlp(widths: tuple[int, ...] = (6, 16, 16, 1), act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(widths) - 1):
         layers.append(nn.Linear(widths[i], widths[i + 1]))

@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, jacrev, jvp, vmap
 import traintech.norm as tn
 import traintech.norm._rms_norm as rms_module
 import traintech.norm.functional as F
+from _norm_helpers import randomize_norm_state
 from traintech._compat import BatchNormBase, InstanceNormBase
 
 TOL = {"rtol": 1e-10, "atol": 1e-10}
@@ -52,14 +53,7 @@ def _pair(row: tuple[Any, ...], train: bool = True) -> tuple[nn.Module, nn.Modul
     _, cls, args, kwargs, shape = row
     gen = torch.Generator().manual_seed(len(cls) + len(shape))
     theirs = getattr(nn, cls)(*args, **kwargs).double()
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
-        for name, b in theirs.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.5)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64))
+    randomize_norm_state(theirs, gen, torch.float64)
     ours = getattr(tn, cls)(*args, **kwargs).double()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     ours.train(train)
@@ -555,14 +549,7 @@ def _extra_pair(row: tuple[Any, ...]) -> tuple[nn.Module, nn.Module, torch.Tenso
     _, ours_f, theirs_f, shape = row
     gen = torch.Generator().manual_seed(len(shape))
     theirs = theirs_f().double()
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
-        for name, b in theirs.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.5)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64))
+    randomize_norm_state(theirs, gen, torch.float64)
     ours = ours_f().double()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return ours, theirs, torch.randn(shape, generator=gen, dtype=torch.float64) + 0.5

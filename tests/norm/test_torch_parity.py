@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import traintech.norm as tn
+from _norm_helpers import randomize_norm_state
 
 
 def case(name, cls, args=(), kwargs=None, shape=()):
@@ -50,16 +51,7 @@ IDS = [c[0] for c in CASES]
 
 
 def _randomize(module: nn.Module, gen: torch.Generator) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen))
-            elif name.endswith("num_batches_tracked"):
-                b.fill_(3)
+    randomize_norm_state(module, gen, num_batches_tracked=3)
 
 
 @pytest.mark.parametrize(("name", "ours", "theirs", "shape"), CASES, ids=IDS)

@@ -39,9 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
-from traintech import _compat
+from traintech._dispatch import plain_eager_cpu
 from traintech.dropout._checks import resolve_generator
 
 #: Smallest CPU tensor that takes the bit-sliced path (below it Python overhead dominates).
@@ -140,25 +139,21 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def use_fast_path(x: Tensor) -> bool:
     """Whether ``x`` takes the bit-sliced kernel: a plain, eager, dense CPU tensor, big enough.
 
-    False for tensor subclasses (DTensor, fake/functional tensors, nested tensors), tensors
-    wrapped by ``torch.func`` transforms, dual tensors of forward-mode AD, under
-    ``torch.compile``, FX/export tracing or any dispatch mode, and for non-contiguous,
-    non-float, small or non-CPU tensors: those run torch's ops.
+    The shared part is :func:`traintech._dispatch.plain_eager_cpu`: False for tensor subclasses
+    (DTensor, fake/functional tensors, nested tensors), non-CPU tensors, tensors wrapped by
+    ``torch.func`` transforms or under one, under forward-mode AD, ``torch.compile``,
+    TorchScript, FX/export tracing or any dispatch mode. Dropout adds: a floating dtype, at least
+    :data:`FAST_MIN_NUMEL` elements, contiguous, on a little-endian host (the mask bytes index
+    the table in memory order). Those cases run torch's ops.
     """
-    if torch.compiler.is_compiling() or type(x) not in (Tensor, torch.nn.Parameter):
+    if not plain_eager_cpu(x):
         return False
-    if not (
-        x.device.type == "cpu"
-        and x.layout == torch.strided
-        and x.dtype in _FLOAT_DTYPES
+    return (
+        x.dtype in _FLOAT_DTYPES
         and x.numel() >= FAST_MIN_NUMEL
         and sys.byteorder == "little"
         and x.is_contiguous()
-    ):
-        return False
-    if _compat.is_functorch_wrapped(x) or _compat.tracing_or_mode_active():
-        return False
-    return forward_ad.unpack_dual(x).tangent is None
+    )
 
 
 def _n_words(numel: int) -> int:

@@ -33,12 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from traintech._compat import (
-    forward_ad_active,
-    functorch_transform_active,
-    is_functorch_wrapped,
-    layer_norm_backward,
-)
+from traintech._compat import layer_norm_backward
+from traintech._dispatch import plain_eager_cpu
 from traintech.norm._stats import as_shape, check_eps, check_trailing_shape, stat_dtype
 
 
@@ -198,28 +194,22 @@ _FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 def use_fast_path(input: Any, *others: Any) -> bool:
     """Whether our CPU kernel may run: plain dense CPU tensors outside every transform and tracer.
 
-    True only for plain ``torch.Tensor`` (or ``nn.Parameter``) inputs on the CPU, strided, of one
-    dtype among fp32/fp64/bf16/fp16, non-empty, with no ``torch.func`` transform, forward-mode
-    AD level, autocast, ``torch.compile``/``torch.export``, TorchScript or FX tracing active.
-    Everywhere else (CUDA, MPS, meta/fake tensors, DTensor and other subclasses, ...) the callers
-    run torch's own op, so that torch's fused kernels, decompositions and transform rules apply.
+    The shared part is :func:`traintech._dispatch.plain_eager_cpu` (plain ``torch.Tensor`` or
+    ``nn.Parameter`` CPU strided tensors; no ``torch.func`` transform, forward-mode AD level,
+    ``torch.compile``/``torch.export``, TorchScript, FX tracing or dispatch/function mode
+    active). RMSNorm adds: ``input`` of one dtype among fp32/fp64/bf16/fp16, non-empty, the other
+    tensors of the same dtype, and no CPU autocast (torch's autocast policy decides the
+    computation dtype of ``rms_norm``, so its own op runs there). Everywhere else (CUDA, MPS,
+    meta/fake tensors, DTensor and other subclasses, ...) the callers run torch's own op, so that
+    torch's fused kernels, decompositions and transform rules apply.
     """
-    if type(input) is not Tensor or input.device.type != "cpu" or input.layout != torch.strided:
+    if input is None or not plain_eager_cpu(input, *others):
         return False
     if input.dtype not in _FAST_DTYPES or input.numel() == 0:
         return False
-    for other in others:
-        if other is None:
-            continue
-        if type(other) not in (Tensor, nn.Parameter) or other.device.type != "cpu":
-            return False
-        if other.dtype != input.dtype or other.layout != torch.strided:
-            return False
-    if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
+    if any(other is not None and other.dtype != input.dtype for other in others):
         return False
-    if functorch_transform_active() or forward_ad_active() or torch.is_autocast_enabled("cpu"):
-        return False
-    return not any(is_functorch_wrapped(t) for t in (input, *others) if t is not None)
+    return not torch.is_autocast_enabled("cpu")
 
 
 @torch.library.custom_op(
