@@ -365,11 +365,7 @@ def confusion_table(found: dict[str, list[str]]) -> str:
 
 
 if __name__ == "__main__":
-    import time
-
-    t0 = time.perf_counter()
     result = run_corpus()
     for k, v in result.items():
         print(f"{k:22s} {v}")
     print(confusion_table(result))
-    print(f"({time.perf_counter() - t0:.1f} s)")
