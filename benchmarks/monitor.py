@@ -1,4 +1,4 @@
-"""Overhead of traintech.monitor on a small Transformer training step (CPU, 1 thread).
+"""Overhead of traintech.monitor on a small Transformer training step (CPU, 1 and 2 threads).
 
 Times a full step (zero_grad, forward, cross-entropy, backward, AdamW step) without a monitor,
 with ``Monitor`` at default settings (logging to JSONL, CSV and TensorBoard in a temporary
@@ -9,7 +9,9 @@ Variants run in alternating blocks of ``--block`` steps (a multiple of 10, so ev
 the same share of sampled steps). Each block is timed twice: by the CPU time of the training
 thread (``time.thread_time``; torch runs on that one thread and the monitor starts no thread
 of its own), which a busy machine barely disturbs, and by wall time. The table shows the median
-block of each, per step; the ratios use CPU time.
+block of each, per step; at 1 thread the ratios use CPU time, at more threads wall time (the
+training thread's CPU time no longer counts the work of torch's other threads). An A/A row times
+a second, identical step without a monitor, so the noise is visible.
 """
 
 from __future__ import annotations
@@ -81,8 +83,17 @@ def make_step(
 def main() -> None:
     parser = common_parser(__doc__ or "")
     parser.add_argument("--block", type=int, default=10, help="steps per timed block")
+    parser.add_argument(
+        "--thread-counts", default="1,2", help="comma-separated torch thread counts (default 1,2)"
+    )
     args = parser.parse_args()
-    set_threads(args.threads)
+    for threads in [int(t) for t in args.thread_counts.split(",")]:
+        set_threads(threads)
+        run(args, threads)
+
+
+def run(args, threads: int) -> None:  # noqa: ANN001
+    """Time every variant at ``threads`` torch threads and print one table."""
     cfg = Config()
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -90,6 +101,7 @@ def main() -> None:
     data = torch.randint(0, cfg.vocab, (cfg.batch, cfg.seq + 1), generator=gen)
     variants: dict[str, tuple[dict | None, bool]] = {
         "no monitor": (None, False),
+        "A/A: no monitor again": (None, False),
         "monitor defaults": ({}, False),
         "monitor, activations every 10": ({"activation_every": 10}, False),
         "monitor, trace_nonfinite": ({"trace_nonfinite": True}, False),
@@ -128,10 +140,12 @@ def main() -> None:
         for mon in monitors:
             mon.close()
 
-    med = {name: statistics.median(t) for name, t in times.items()}
+    cpu = {name: statistics.median(t) for name, t in times.items()}
     wall = {name: statistics.median(t) for name, t in walls.items()}
+    med = cpu if threads == 1 else wall
     base = med["no monitor"]
     targets = {
+        "A/A: no monitor again": "",
         "monitor defaults": "<= 3%",
         "monitor, activations every 10": "<= 10%",
         "monitor, trace_nonfinite": "small fraction of detect_anomaly",
@@ -144,14 +158,18 @@ def main() -> None:
             med[name],
             "no monitor",
             {
-                "overhead (CPU)": f"{(med[name] / base - 1) * 100:+.1f}%",
+                "overhead (CPU)": f"{(cpu[name] / cpu['no monitor'] - 1) * 100:+.1f}%",
                 "overhead (wall)": f"{(wall[name] / wall['no monitor'] - 1) * 100:+.1f}%",
                 "target": targets[name],
             },
         )
         for name in targets
     ]
-    title = f"monitor overhead (CPU time per step), {cfg} ({args.repeats} x {args.block} steps)"
+    clock = "CPU time" if threads == 1 else "wall time"
+    title = (
+        f"monitor overhead ({clock} per step), {threads} thread(s), {cfg} "
+        f"({args.repeats} x {args.block} steps)"
+    )
     print_table(title, rows, args.json)
     trace = med["monitor, trace_nonfinite"] - base
     anomaly = med["detect_anomaly"] - base
